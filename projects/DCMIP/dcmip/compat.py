@@ -1,0 +1,2 @@
+def apply_fastreid_compat():
+    pass

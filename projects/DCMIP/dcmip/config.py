@@ -1,0 +1,81 @@
+"""Config keys of the unsupervised re-ID plugin.
+
+Every key the plugin reads lives under ``cfg.UNSUP`` and is declared here with its default.
+Defaults follow ``METHODS.md``: the shared loop (§1), O2CAP (§2), Cluster Contrast (§3) and
+DCMIP (§4). Method-specific configs in ``configs/`` override them.
+"""
+from fastreid.config import CfgNode as CN
+
+
+def add_dcmip_config(cfg):
+    """Declare the ``UNSUP`` node on a fastreid config (in place) and return it."""
+    _C = cfg
+    _C.UNSUP = CN()
+    # Training iterations per epoch; every epoch starts with a fresh clustering (METHODS §1).
+    _C.UNSUP.ITERS = 400
+    # Log NMI / ARI of the pseudo labels against the true identities when the dataset has them.
+    # They are statistics only: true identities never reach the loss.
+    _C.UNSUP.LABEL_STATS = True
+
+    # ---- clustering step (METHODS §1 steps 1-3) -------------------------------------------
+    _C.UNSUP.CLUSTER = CN()
+    # k-reciprocal neighbourhood size k1 and query-expansion size k2 of the Jaccard distance.
+    _C.UNSUP.CLUSTER.K1 = 20
+    _C.UNSUP.CLUSTER.K2 = 6
+    # DBSCAN radius on the Jaccard distance and core-point neighbourhood size.
+    _C.UNSUP.CLUSTER.EPS = 0.5
+    _C.UNSUP.CLUSTER.MIN_SAMPLES = 4
+    # kNN search: "exact" (faiss flat index) or "ivf" / "hnsw" (approximate, for very large N).
+    _C.UNSUP.CLUSTER.KNN = "exact"
+    # Features from which the clusters are built: "student" or, in DCMIP stage 2, "teacher".
+    _C.UNSUP.CLUSTER.FEATURES = "student"
+
+    # ---- proxy memory (the loss head) -----------------------------------------------------
+    _C.UNSUP.MEMORY = CN()
+    # Registered name in dcmip.memory.MEMORY_HEAD_REGISTRY: "ClusterMemory" (Cluster Contrast),
+    # "CameraAwareProxyMemory" (O2CAP and its variants), "DiscrepantProxyMemory" (DCMIP).
+    _C.UNSUP.MEMORY.NAME = "ClusterMemory"
+    # Softmax temperature tau of the contrastive losses (0.05 Cluster Contrast / DCMIP, 0.07 O2CAP).
+    _C.UNSUP.MEMORY.TEMP = 0.05
+    # Weight of the old entry in the momentum update M <- normalise(m M + (1 - m) f).
+    _C.UNSUP.MEMORY.MOMENTUM = 0.1
+    # Cluster-memory update: "sequential" (every batch image, in batch order) or "hardest"
+    # (once per cluster, with its batch image least similar to the entry). DCMIP applies it
+    # to proxy A.
+    _C.UNSUP.MEMORY.UPDATE = "sequential"
+
+    # ---- sampler --------------------------------------------------------------------------
+    _C.UNSUP.SAMPLER = CN()
+    # Registered name in dcmip.sampling.SAMPLER_REGISTRY: "ClusterBalancedSampler",
+    # "ProxyBalancedSampler" (O2CAP), "CameraDiverseSampler" (DCMIP).
+    _C.UNSUP.SAMPLER.NAME = "ClusterBalancedSampler"
+    # Images per cluster / proxy in a batch (K); the batch holds IMS_PER_BATCH / K groups.
+    _C.UNSUP.SAMPLER.NUM_INSTANCES = 4
+
+    # ---- O2CAP (METHODS §2) ---------------------------------------------------------------
+    _C.UNSUP.O2CAP = CN()
+    # Losses summed into the objective; any of "offline" (Eq. 4), "online" (Eq. 5-6),
+    # "merge" (Eq. 8), "intra" (Eq. 9), "base" (Eq. 2), "base2" (Eq. 3).
+    _C.UNSUP.O2CAP.LOSSES = ("offline", "online")
+    # K1: hard negative proxies (or clusters, for "base2") per image.
+    _C.UNSUP.O2CAP.HARD_NEGATIVES = 50
+    # K2: proxies associated online as positives (3 Market/MSMT17, 2 Duke, 8 VeRi).
+    _C.UNSUP.O2CAP.ONLINE_POSITIVES = 3
+    # w of the instance-proxy balanced similarity (Eq. 5).
+    _C.UNSUP.O2CAP.BALANCE_WEIGHT = 0.15
+    # Similarity ranking the online negatives Q2: "instance" (paper, Table III) or "balanced"
+    # (authors' code).
+    _C.UNSUP.O2CAP.ONLINE_NEGATIVES = "instance"
+
+    # ---- DCMIP (METHODS §4) ---------------------------------------------------------------
+    _C.UNSUP.DCMIP = CN()
+    # Margin r of the relaxed proxy-A term in L_cc.
+    _C.UNSUP.DCMIP.MARGIN = 0.2
+    # Multi-instance proxies per cluster in stage 2.
+    _C.UNSUP.DCMIP.INSTANCES_PER_CLUSTER = 16
+    # Epochs of stage 1 (discrepant cluster proxies); the remaining SOLVER.MAX_EPOCH - STAGE1_EPOCHS
+    # epochs are stage 2 (plus multi-instance proxies and the EMA teacher). 0 disables stage 1.
+    _C.UNSUP.DCMIP.STAGE1_EPOCHS = 40
+    # EMA teacher momentum, per step: theta_t <- m theta_t + (1 - m) theta.
+    _C.UNSUP.DCMIP.EMA_MOMENTUM = 0.999
+    return cfg

@@ -1,0 +1,83 @@
+"""Memory update rules shared by the proxy memories, exact and vectorised (METHODS §5).
+
+The momentum update of every method is sequential in batch order: an image updates the entry
+that the previous image of the same label already moved. Because of the normalisation it has
+no closed form, but it decomposes exactly into rounds: round r applies the r-th occurrence of
+every label at once (labels are unique inside a round). The number of rounds is the largest
+label multiplicity of the batch (K for a P x K sampler), so a step runs K vectorised rounds
+instead of B per-image updates.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def occurrence_index(labels: torch.Tensor) -> torch.Tensor:
+    """For each position i, how many earlier positions carry the same label (0 for the first)."""
+    n = labels.numel()
+    sorted_labels, perm = torch.sort(labels, stable=True)
+    pos = torch.arange(n, device=labels.device)
+    is_start = torch.ones(n, dtype=torch.bool, device=labels.device)
+    is_start[1:] = sorted_labels[1:] != sorted_labels[:-1]
+    group_start = torch.cummax(torch.where(is_start, pos, torch.zeros_like(pos)), dim=0).values
+    occ = torch.empty_like(pos)
+    occ[perm] = pos - group_start
+    return occ
+
+
+@torch.no_grad()
+def sequential_momentum_update_(memory: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
+                                momentum: float, rounds: Optional[int] = None) -> torch.Tensor:
+    """In place, for each (f, y) in batch order: ``memory[y] <- normalise(m memory[y] + (1-m) f)``.
+
+    O2CAP's proxy update (METHODS §2, mu = 0.2), Cluster Contrast's (§3) and DCMIP's proxy-A
+    ``sequential`` rule (§4), all with ``m`` the weight of the old entry.
+
+    Args:
+        memory: (M, d) entries, updated in place.
+        features: (B, d) batch features (detached).
+        labels: (B,) entry of each feature.
+        momentum: m.
+        rounds: an upper bound on the multiplicity of any label in ``labels``. Pass it when it
+            is known on the host (e.g. the sampler's K) to avoid a device-to-host sync; extra
+            rounds are no-ops.
+    """
+    occ = occurrence_index(labels)
+    if rounds is None:
+        rounds = int(occ.max()) + 1 if occ.numel() else 0
+    features = features.to(memory.dtype)
+    for r in range(rounds):
+        # Only the r-th occurrence of each label moves its entry; the others add an exact zero,
+        # which keeps the write deterministic under index_add_'s duplicate indices.
+        active = (occ == r).unsqueeze(1).to(memory.dtype)
+        current = memory[labels]
+        updated = F.normalize(momentum * current + (1.0 - momentum) * features, dim=1)
+        memory.index_add_(0, labels, (updated - current) * active)
+    return memory
+
+
+@torch.no_grad()
+def hardest_momentum_update_(memory: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
+                             momentum: float) -> torch.Tensor:
+    """In place, once per label present: ``memory[y] <- normalise(m memory[y] + (1-m) f_hard)``.
+
+    ``f_hard`` is the batch feature of label y least similar to ``memory[y]`` (Cluster
+    Contrast's "hard" variant, METHODS §3; DCMIP's proxy-A ``hardest`` rule, §4). Ties go to
+    the earliest image in batch order.
+    """
+    features = features.to(memory.dtype)
+    sim = (features * memory[labels]).sum(dim=1)
+    n, num_entries = labels.numel(), memory.shape[0]
+    # Per label: the minimum similarity, then the first position that attains it.
+    min_sim = torch.full((num_entries,), float("inf"), dtype=sim.dtype, device=sim.device)
+    min_sim.scatter_reduce_(0, labels, sim, reduce="amin")
+    is_min = sim == min_sim[labels]
+    pos = torch.arange(n, device=labels.device)
+    first = torch.full((num_entries,), n, dtype=torch.long, device=labels.device)
+    first.scatter_reduce_(0, labels, torch.where(is_min, pos, torch.full_like(pos, n)), reduce="amin")
+    chosen = (first[labels] == pos).unsqueeze(1).to(memory.dtype)
+    current = memory[labels]
+    updated = F.normalize(momentum * current + (1.0 - momentum) * features, dim=1)
+    memory.index_add_(0, labels, (updated - current) * chosen)
+    return memory

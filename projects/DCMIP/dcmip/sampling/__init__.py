@@ -1,0 +1,2 @@
+from .base import SAMPLER_REGISTRY, PseudoLabelSampler, build_sampler
+from . import balanced  # noqa: F401  (registration)
