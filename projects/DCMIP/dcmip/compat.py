@@ -1,2 +1,118 @@
+"""Make fastreid 1.4.0 import and run on Python 3.11, torch 2, numpy 2, with or without a GPU.
+
+fastreid 1.4.0 (the PyPI release) was written for torch 1.13 / Python 3.8 and a CUDA machine.
+Rather than editing site-packages, this module patches the few places that break, once, when
+``dcmip`` is imported. Each patch is listed here with the failure it fixes:
+
+Import-time (must run before the first ``import fastreid``):
+  1. ``torch._six`` was removed in torch 2.0; ``fastreid.data.build`` imports ``string_classes``
+     from it. We register a stand-in module.
+  2. ``collections.Mapping`` (and friends) moved to ``collections.abc`` in Python 3.10;
+     ``fastreid.data.build`` and ``fastreid.evaluation.testing`` import them from
+     ``collections``. We alias the abstract base classes back.
+  3. ``np.bool`` etc. were removed in numpy 1.24 (``np.bool`` is back in numpy 2; the others
+     are not). ``fastreid.evaluation.rank`` uses ``np.bool``. We alias what is missing.
+  4. ``fastreid.solver.optim.lamb`` imports ``torch.utils.tensorboard`` (never using it), which
+     fails without the ``tensorboard`` package. When it is not installed we register a
+     stand-in whose ``SummaryWriter`` raises an ImportError saying to install it.
+
+CPU paths (patched after import, only change behaviour when there is no CUDA device):
+  5. ``DataLoaderX`` creates a CUDA stream and calls ``torch.cuda.set_device`` in its
+     prefetch thread. Without CUDA we hand out a plain ``DataLoader`` (no pinned memory).
+  6. ``launch``'s worker asserts CUDA and always initialises NCCL. Without CUDA (or with
+     fewer GPUs than processes) we initialise gloo and skip ``set_device``, so
+     ``--num-gpus N`` runs N CPU processes.
+
+Everything else fastreid does on the CPU path already works (its CUDA calls are guarded).
+"""
+import collections
+import collections.abc
+import importlib.util
+import math
+import sys
+import types
+
+import numpy as np
+import torch
+
+_APPLIED = False
+
+
+def _patch_imports():
+    if "torch._six" not in sys.modules:
+        six = types.ModuleType("torch._six")
+        six.string_classes = (str, bytes)
+        six.int_classes = int
+        six.inf = math.inf
+        sys.modules["torch._six"] = six
+        torch._six = six
+    for name in ("Mapping", "MutableMapping", "Sequence", "Iterable", "Callable"):
+        if not hasattr(collections, name):
+            setattr(collections, name, getattr(collections.abc, name))
+    for name, alias in (("bool", np.bool_), ("int", int), ("float", float), ("object", object)):
+        if name not in np.__dict__:
+            setattr(np, name, alias)
+    if importlib.util.find_spec("tensorboard") is None and "torch.utils.tensorboard" not in sys.modules:
+        stub = types.ModuleType("torch.utils.tensorboard")
+        stub.SummaryWriter = _MissingSummaryWriter
+        sys.modules["torch.utils.tensorboard"] = stub
+
+
+class _MissingSummaryWriter:
+    def __init__(self, *args, **kwargs):
+        raise ImportError("TensorBoard logging needs the `tensorboard` package: pip install tensorboard")
+
+
+def data_loader_x(local_rank, **kwargs):
+    """fastreid's ``DataLoaderX`` where CUDA exists, a plain ``DataLoader`` otherwise."""
+    if torch.cuda.is_available():
+        from fastreid.data.data_utils import DataLoaderX
+        return DataLoaderX(local_rank, **kwargs)
+    kwargs.pop("pin_memory", None)
+    return torch.utils.data.DataLoader(**kwargs)
+
+
+def distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank,
+                       dist_url, args):
+    """fastreid's ``_distributed_worker`` with a gloo fallback when there are no GPUs for it."""
+    import logging
+
+    import torch.distributed as dist
+    from fastreid.utils import comm
+
+    use_cuda = torch.cuda.is_available() and torch.cuda.device_count() >= num_gpus_per_machine
+    global_rank = machine_rank * num_gpus_per_machine + local_rank
+    try:
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method=dist_url,
+                                world_size=world_size, rank=global_rank)
+    except Exception:
+        logging.getLogger(__name__).error("Process group URL: %s", dist_url)
+        raise
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    comm.synchronize()
+
+    assert comm._LOCAL_PROCESS_GROUP is None
+    num_machines = world_size // num_gpus_per_machine
+    for i in range(num_machines):
+        ranks_on_i = list(range(i * num_gpus_per_machine, (i + 1) * num_gpus_per_machine))
+        pg = dist.new_group(ranks_on_i)
+        if i == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = pg
+
+    main_func(*args)
+
+
 def apply_fastreid_compat():
-    pass
+    """Apply every patch above; idempotent."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    _patch_imports()
+
+    import fastreid.data.build as data_build
+    import fastreid.engine.launch as launch
+
+    data_build.DataLoaderX = data_loader_x
+    launch._distributed_worker = distributed_worker
+    _APPLIED = True

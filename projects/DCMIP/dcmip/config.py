@@ -16,6 +16,9 @@ def add_dcmip_config(cfg):
     # Log NMI / ARI of the pseudo labels against the true identities when the dataset has them.
     # They are statistics only: true identities never reach the loss.
     _C.UNSUP.LABEL_STATS = True
+    # Seed of every random choice of the run (parameters, samplers, augmentation): same seed,
+    # same machine -> same pseudo labels and metrics.
+    _C.UNSUP.SEED = 0
 
     # ---- clustering step (METHODS §1 steps 1-3) -------------------------------------------
     _C.UNSUP.CLUSTER = CN()

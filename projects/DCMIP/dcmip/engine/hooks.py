@@ -1,0 +1,149 @@
+"""Hooks of the unsupervised loop: the per-epoch clustering step and the learning rate."""
+import logging
+import time
+from typing import List, Tuple
+
+import numpy as np
+import torch
+
+from fastreid.data.transforms import build_transforms
+from fastreid.engine.train_loop import HookBase
+from fastreid.utils import comm
+
+from ..clustering import camera_aware_proxies, cluster_features, pseudo_label_scores
+from ..clustering.distributed import broadcast_labels
+from ..data.pseudo_dataset import PseudoLabelDataset, collate_with_multiplicity
+from ..sampling import build_sampler
+from ..structures import PseudoLabels
+from .features import extract_features
+from .schedule import lr_factor
+
+logger = logging.getLogger(__name__)
+
+
+class ClusteringError(RuntimeError):
+    """The clustering step produced nothing trainable; the message names the epoch and cause."""
+
+
+class ClusteringHook(HookBase):
+    """Before every epoch (METHODS §1): extract the train features, cluster them (Jaccard +
+    DBSCAN), drop the outliers, rebuild the memory and the train loader, log the statistics.
+
+    Clustering runs on rank 0 and its labels are broadcast, so every rank trains on the same
+    pseudo labels.
+    """
+
+    def __init__(self, cfg, train_items: List[Tuple[str, object, int]]):
+        self.cfg = cfg
+        self.items = train_items
+        self.paths = [it[0] for it in train_items]
+        cam_values = sorted({it[2] for it in train_items})
+        cam_index = {c: i for i, c in enumerate(cam_values)}
+        self.cams = torch.tensor([cam_index[it[2]] for it in train_items])
+        pid_values = sorted({it[1] for it in train_items}, key=str)
+        pid_index = {p: i for i, p in enumerate(pid_values)}
+        self.true_ids = torch.tensor([pid_index[it[1]] for it in train_items]) if cfg.UNSUP.LABEL_STATS else None
+        self.transform = build_transforms(cfg, is_train=True)
+        self.pseudo = None
+
+    def before_epoch(self):
+        trainer, cfg, epoch = self.trainer, self.cfg, self.trainer.epoch
+        start = time.perf_counter()
+        model = trainer.unwrapped_model
+        features = extract_features(cfg, model, self.items, desc=f"epoch {epoch} train features")
+        teacher = trainer.teacher_for_epoch()
+        teacher_features = (extract_features(cfg, teacher, self.items, desc=f"epoch {epoch} teacher features")
+                            if teacher is not None else None)
+        source = teacher_features if cfg.UNSUP.CLUSTER.FEATURES == "teacher" and teacher is not None else features
+        if not torch.isfinite(source).all():
+            raise ClusteringError(
+                f"epoch {epoch}: the model produced NaN or infinite features for "
+                f"{int((~torch.isfinite(source).all(dim=1)).sum())} train images, so they cannot be "
+                f"clustered. Training diverged: lower SOLVER.BASE_LR or resume from an earlier checkpoint.")
+        extract_time = time.perf_counter() - start
+
+        start = time.perf_counter()
+        labels = None
+        if comm.is_main_process():
+            c = cfg.UNSUP.CLUSTER
+            labels = torch.as_tensor(cluster_features(source, k1=c.K1, k2=c.K2, eps=c.EPS,
+                                                      min_samples=c.MIN_SAMPLES, knn=c.KNN))
+        labels = broadcast_labels(labels).cpu().long()
+        cluster_time = time.perf_counter() - start
+
+        self.pseudo = self._pseudo_labels(epoch, labels, features, teacher_features)
+        model.memory.reset(self.pseudo)
+        trainer.set_data_loader(self._loader(epoch))
+        self._log(epoch, labels, extract_time, cluster_time)
+
+    def _pseudo_labels(self, epoch, labels, features, teacher_features) -> PseudoLabels:
+        kept = torch.nonzero(labels >= 0).squeeze(1)
+        num_clusters = int(labels.max()) + 1 if len(kept) else 0
+        if num_clusters == 0:
+            raise ClusteringError(
+                f"epoch {epoch}: DBSCAN marked all {len(labels)} train images as outliers (no cluster "
+                f"with UNSUP.CLUSTER.EPS={self.cfg.UNSUP.CLUSTER.EPS}, MIN_SAMPLES="
+                f"{self.cfg.UNSUP.CLUSTER.MIN_SAMPLES}). Raise UNSUP.CLUSTER.EPS, lower MIN_SAMPLES, "
+                f"or check that the train set holds several images per identity.")
+        clusters = labels[kept]
+        cams = self.cams[kept]
+        device = features.device
+        return PseudoLabels(
+            features=features[kept.to(device)],
+            clusters=clusters,
+            cams=cams,
+            proxies=torch.as_tensor(camera_aware_proxies(clusters.numpy(), cams.numpy())).long(),
+            indices=kept,
+            teacher_features=teacher_features[kept.to(device)] if teacher_features is not None else None,
+            true_ids=self.true_ids[kept] if self.true_ids is not None else None,
+        )
+
+    def _loader(self, epoch):
+        from ..compat import data_loader_x
+
+        cfg = self.cfg
+        sampler = build_sampler(cfg, self.pseudo, seed=cfg.UNSUP.SEED * 1000 + epoch,
+                                rank=comm.get_rank(), world_size=comm.get_world_size())
+        local_batch = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+        return data_loader_x(
+            comm.get_local_rank(),
+            dataset=PseudoLabelDataset(self.paths, self.pseudo, self.transform),
+            batch_sampler=torch.utils.data.BatchSampler(sampler, local_batch, drop_last=True),
+            collate_fn=collate_with_multiplicity,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            pin_memory=True,
+        )
+
+    def _log(self, epoch, labels, extract_time, cluster_time):
+        p = self.pseudo
+        stats = {
+            "clusters": p.num_clusters,
+            "proxies": p.num_proxies,
+            "outliers": int((labels < 0).sum()),
+            "images_kept": len(p.indices),
+        }
+        if self.true_ids is not None:
+            scores = pseudo_label_scores(labels.numpy(), self.true_ids.numpy())
+            stats.update(nmi=scores["nmi"], ari=scores["ari"])
+        msg = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
+        logger.info(f"epoch {epoch} clustering: {msg} (features {extract_time:.1f}s, "
+                    f"clustering {cluster_time:.1f}s)")
+        self.trainer.storage.put_scalars(**{f"cluster/{k}": float(v) for k, v in stats.items()},
+                                         smoothing_hint=False)
+
+
+class StageLRScheduler(HookBase):
+    """Sets every parameter group's learning rate from the absolute epoch and iteration
+    (:func:`dcmip.engine.schedule.lr_factor`), so that a resumed run lands on exactly the
+    rate of an uninterrupted one."""
+
+    def __init__(self, cfg, optimizer):
+        self.cfg = cfg
+        self.optimizer = optimizer
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+
+    def before_step(self):
+        factor = lr_factor(self.cfg, self.trainer.epoch, self.trainer.iter)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+        self.trainer.storage.put_scalar("lr", self.base_lrs[0] * factor, smoothing_hint=False)

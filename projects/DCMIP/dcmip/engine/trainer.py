@@ -1,0 +1,240 @@
+"""The unsupervised trainer: fastreid's DefaultTrainer with a per-epoch clustering step."""
+import logging
+import os
+import random
+import time
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from fastreid.data.build import _root as datasets_root
+from fastreid.data.datasets import DATASET_REGISTRY
+from fastreid.engine import hooks
+from fastreid.engine.defaults import DefaultTrainer
+from fastreid.engine.train_loop import HookBase, TrainerBase
+from fastreid.utils import comm
+from fastreid.utils.events import CommonMetricPrinter, JSONWriter, get_event_storage
+from fastreid.utils.logger import setup_logger
+
+from .checkpoint import AtomicCheckpointer
+from .hooks import ClusteringHook, StageLRScheduler
+
+logger = logging.getLogger(__name__)
+
+
+def load_train_items(cfg) -> List[Tuple[str, object, int]]:
+    """(path, identity, camera) of every train image of cfg.DATASETS.NAMES. Identities are
+    only used for pseudo-label statistics."""
+    items = []
+    for name in cfg.DATASETS.NAMES:
+        try:
+            dataset_cls = DATASET_REGISTRY.get(name)
+        except KeyError:
+            known = ", ".join(sorted(k for k, _ in DATASET_REGISTRY))
+            raise KeyError(f"DATASETS.NAMES: unknown dataset {name!r}; choose one of: {known}") from None
+        dataset = dataset_cls(root=datasets_root)
+        if comm.is_main_process():
+            dataset.show_train()
+        items.extend(dataset.train)
+    return items
+
+
+class StepRunner:
+    """One training step (METHODS §1 step 4): losses against the memory as it was, backward,
+    optimiser step, then the memory update; optional mixed precision on CUDA.
+
+    Losses are read back to the host only every ``log_period`` steps, so the step itself
+    never waits for the device.
+    """
+
+    def __init__(self, model, optimizer, amp: bool, log_period: int = 20):
+        self.model = model
+        self.optimizer = optimizer
+        self.data_loader = None
+        self._data_loader_iter = None
+        self.log_period = log_period
+        self.amp = amp and torch.cuda.is_available()
+        self.grad_scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.after_update = []  # callables run after the memory update (e.g. the EMA teacher)
+        self.iter = 0
+
+    def set_data_loader(self, loader):
+        shutdown = getattr(self.data_loader, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        self.data_loader = loader
+        self._data_loader_iter = iter(loader)
+
+    def run_step(self):
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast("cuda", enabled=self.amp):
+            loss_dict = self.model(data)
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.amp:
+            self.grad_scaler.scale(losses).backward()
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            losses.backward()
+            self.optimizer.step()
+        unwrap(self.model).update_memory()
+        for callback in self.after_update:
+            callback()
+        if (self.iter + 1) % self.log_period == 0:
+            self._write_metrics(loss_dict, data_time)
+
+    def _write_metrics(self, loss_dict: Dict[str, torch.Tensor], data_time: float):
+        metrics = {k: float(v.detach()) for k, v in loss_dict.items()}
+        total = sum(metrics.values())
+        if not np.isfinite(total):
+            raise FloatingPointError(f"loss became {total} at iteration {self.iter}: {metrics}. "
+                                     f"Lower SOLVER.BASE_LR or resume from an earlier checkpoint.")
+        all_metrics = comm.gather(metrics)
+        if comm.is_main_process():
+            storage = get_event_storage()
+            storage.put_scalar("data_time", data_time)
+            averaged = {k: float(np.mean([m[k] for m in all_metrics])) for k in metrics}
+            storage.put_scalar("total_loss", sum(averaged.values()))
+            storage.put_scalars(**averaged)
+
+
+def unwrap(model):
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class UnsupervisedTrainer(DefaultTrainer):
+    """fastreid's DefaultTrainer, except that the training set is re-labelled by clustering
+    before every epoch (:class:`ClusteringHook`) and the memory head is updated after every
+    step. Epoch length is UNSUP.ITERS."""
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("fastreid").isEnabledFor(logging.INFO):
+            setup_logger()
+        self.cfg = cfg
+        self.train_items = load_train_items(cfg)
+        model = self.build_model(cfg)
+        optimizer, _ = self.build_optimizer(cfg, model)
+        if comm.get_world_size() > 1:
+            on_cuda = next(model.parameters()).is_cuda
+            model = DistributedDataParallel(model, device_ids=[comm.get_local_rank()] if on_cuda else None,
+                                            broadcast_buffers=False)
+        self._trainer = StepRunner(model, optimizer, cfg.SOLVER.AMP.ENABLED)
+        self.iters_per_epoch = cfg.UNSUP.ITERS
+        self.start_epoch = 0
+        self.max_epoch = cfg.SOLVER.MAX_EPOCH
+        self.max_iter = self.max_epoch * self.iters_per_epoch
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
+                                               optimizer=optimizer)
+        self.best_metric = -1.0
+        self.register_hooks(self.build_hooks())
+
+    @property
+    def unwrapped_model(self):
+        return unwrap(self.model)
+
+    def set_data_loader(self, loader):
+        self._trainer.set_data_loader(loader)
+
+    def teacher_for_epoch(self) -> Optional[torch.nn.Module]:
+        """The model whose features initialise teacher-based memories this epoch (None here)."""
+        return None
+
+    def run_step(self):
+        self._trainer.iter = self.iter
+        self._trainer.run_step()
+
+    def build_hooks(self):
+        cfg = self.cfg
+        ret = [
+            hooks.IterationTimer(),
+            StageLRScheduler(cfg, self.optimizer),
+            ClusteringHook(cfg, self.train_items),
+            EpochEvalHook(cfg.TEST.EVAL_PERIOD, self.evaluate),
+            EpochCheckpointer(cfg.SOLVER.CHECKPOINT_PERIOD),
+        ]
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(self.build_writers(), 20))
+        return ret
+
+    def build_writers(self):
+        return [CommonMetricPrinter(self.max_iter),
+                JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]
+
+    def evaluate(self):
+        self._last_eval_results = self.test(self.cfg, self.unwrapped_model)
+        return self._last_eval_results
+
+    def resume_or_load(self, resume=True):
+        checkpoint = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            self.start_epoch = checkpoint.get("epoch", -1) + 1
+            self.best_metric = checkpoint.get("best_metric", -1.0)
+            if "rng" in checkpoint:
+                set_rng_state(checkpoint["rng"])
+        return checkpoint
+
+    def checkpoint_state(self) -> Dict:
+        """Extra state saved with every checkpoint, restored by :meth:`resume_or_load`."""
+        return {"epoch": self.epoch, "best_metric": self.best_metric, "rng": get_rng_state()}
+
+
+class EpochEvalHook(HookBase):
+    """Evaluates every TEST.EVAL_PERIOD epochs and after the last one, inside ``after_epoch``
+    so that the checkpointer that follows sees this epoch's metric."""
+
+    def __init__(self, period: int, evaluate):
+        self.period = period
+        self.evaluate = evaluate
+
+    def after_epoch(self):
+        epoch = self.trainer.epoch
+        if (self.period > 0 and (epoch + 1) % self.period == 0) or epoch + 1 == self.trainer.max_epoch:
+            results = self.evaluate()
+            self.trainer.last_eval = (epoch, float(results["metric"]))
+            self.trainer.storage.put_scalars(**{k: float(v) for k, v in results.items()
+                                                if isinstance(v, (int, float))}, smoothing_hint=False)
+            comm.synchronize()
+
+
+class EpochCheckpointer(HookBase):
+    """After every SOLVER.CHECKPOINT_PERIOD epochs: ``model_last`` (what --resume picks up)
+    and, when this epoch was evaluated and beat the best so far, ``model_best``; ``model_final``
+    at the end. Unlike fastreid's, it keeps one rolling checkpoint rather than one per epoch,
+    and carries the best metric across resumes."""
+
+    def __init__(self, period: int):
+        self.period = period
+
+    def after_epoch(self):
+        trainer = self.trainer
+        epoch = trainer.epoch
+        evaluated_epoch, metric = getattr(trainer, "last_eval", (None, None))
+        improved = evaluated_epoch == epoch and metric > trainer.best_metric
+        if improved:
+            trainer.best_metric = metric
+        state = trainer.checkpoint_state()
+        if improved:
+            trainer.checkpointer.save("model_best", metric=metric, **state)
+        if (epoch + 1) % self.period == 0 or epoch + 1 == trainer.max_epoch:
+            trainer.checkpointer.save("model_last", **state)
+        if epoch + 1 == trainer.max_epoch:
+            trainer.checkpointer.save("model_final", **state)
+
+
+def get_rng_state() -> Dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: Dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,91 @@
+"""The meta-architecture: fastreid's backbone and embedding neck, trained by a memory head."""
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastreid.layers.weight_init import weights_init_kaiming
+from fastreid.modeling.backbones import build_backbone
+from fastreid.modeling.heads import REID_HEADS_REGISTRY, build_heads
+from fastreid.modeling.heads.embedding_head import EmbeddingHead
+from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+from fastreid.utils import comm
+
+from ..memory import build_memory_head
+
+
+@REID_HEADS_REGISTRY.register()
+class UnsupEmbeddingHead(EmbeddingHead):
+    """fastreid's ``EmbeddingHead`` (pooling, BN neck with frozen bias) without its classifier:
+    with pseudo labels that change every epoch, the memory head scores the embedding instead."""
+
+    def reset_parameters(self) -> None:
+        self.bottleneck.apply(weights_init_kaiming)
+
+    def forward(self, features, targets=None):
+        return self.bottleneck(self.pool_layer(features))[..., 0, 0]
+
+
+@META_ARCH_REGISTRY.register()
+class UnsupervisedReID(nn.Module):
+    """Backbone -> pooling -> BN neck -> L2-normalised embedding (METHODS §1 "Model").
+
+    In eval mode it returns the embeddings (fastreid's evaluator consumes them). In training
+    it returns the memory head's losses, computed against the memory as it was before this
+    step; :meth:`update_memory` applies the step's update after the optimiser step.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.backbone = build_backbone(cfg)
+        self.heads = build_heads(cfg)
+        self.memory = build_memory_head(cfg)
+        self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(1, -1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(1, -1, 1, 1), False)
+        self._pending: Optional[tuple] = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images in [0, 255] -> (B, d) L2-normalised embeddings."""
+        images = (images.to(self.device, non_blocking=True) - self.pixel_mean) / self.pixel_std
+        return F.normalize(self.heads(self.backbone(images)), dim=1)
+
+    def forward(self, batched_inputs: Dict):
+        features = self.embed(batched_inputs["images"])
+        if not self.training:
+            return features
+        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                 for k, v in batched_inputs.items() if k != "images"}
+        losses = self.memory(features.float(), batch)
+        self._pending = (features.detach().float(), batch)
+        return losses
+
+    @torch.no_grad()
+    def update_memory(self) -> None:
+        """Apply the memory update of the last training step, with the features of every rank
+        in rank order (the single-process batch order, METHODS §5)."""
+        features, batch = self._pending
+        self._pending = None
+        if comm.get_world_size() > 1:
+            features, batch = _all_gather_batch(features, batch)
+        self.memory.update(features, batch)
+
+
+def _all_gather_batch(features: torch.Tensor, batch: Dict):
+    import torch.distributed as dist
+
+    def gather(t):
+        out = [torch.empty_like(t) for _ in range(comm.get_world_size())]
+        dist.all_gather(out, t.contiguous())
+        return torch.cat(out)
+
+    gathered = {k: gather(v) for k, v in batch.items() if torch.is_tensor(v)}
+    if "multiplicity" in batch:
+        # A label's count in the global batch is at most the sum of its per-rank counts.
+        per_rank = comm.all_gather(batch["multiplicity"])
+        gathered["multiplicity"] = {k: sum(m[k] for m in per_rank) for k in batch["multiplicity"]}
+    return gather(features), gathered

@@ -1,0 +1,21 @@
+#!/usr/bin/env python
+"""Train or evaluate an unsupervised re-ID method (Cluster Contrast, O2CAP, DCMIP) with fastreid.
+
+    python tools/train_net.py --config-file configs/DCMIP/market.yml --num-gpus 4
+    python tools/train_net.py --config-file configs/O2CAP/market.yml --eval-only MODEL.WEIGHTS out/model_best.pth
+"""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "projects", "DCMIP"))
+os.environ.setdefault("FASTREID_DATASETS", os.path.join(ROOT, "datasets"))
+
+import dcmip  # noqa: E402,F401  (fastreid compat + registration)
+from dcmip.engine.defaults import main  # noqa: E402
+from fastreid.engine import default_argument_parser, launch  # noqa: E402
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
