@@ -22,6 +22,10 @@ CPU paths (patched after import, only change behaviour when there is no CUDA dev
   6. ``launch``'s worker asserts CUDA and always initialises NCCL. Without CUDA (or with
      fewer GPUs than processes) we initialise gloo and skip ``set_device``, so
      ``--num-gpus N`` runs N CPU processes.
+  7. ``ReidEvaluator`` compiles its optional Cython ranking module into site-packages on first
+     use and calls ``sys.exit(1)`` when that fails (no Cython, read-only install). We skip the
+     compilation; ``fastreid.evaluation.rank`` then uses the Cython module if it was built and
+     its own Python implementation (same metrics) otherwise.
 
 Everything else fastreid does on the CPU path already works (its CUDA calls are guarded).
 """
@@ -113,6 +117,9 @@ def apply_fastreid_compat():
     import fastreid.data.build as data_build
     import fastreid.engine.launch as launch
 
+    import fastreid.evaluation.reid_evaluation as reid_evaluation
+
     data_build.DataLoaderX = data_loader_x
     launch._distributed_worker = distributed_worker
+    reid_evaluation.ReidEvaluator._compile_dependencies = lambda self: None
     _APPLIED = True

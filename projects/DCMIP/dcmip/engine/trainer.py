@@ -18,6 +18,7 @@ from fastreid.utils import comm
 from fastreid.utils.events import CommonMetricPrinter, JSONWriter, get_event_storage
 from fastreid.utils.logger import setup_logger
 
+from ..registry import lookup
 from .checkpoint import AtomicCheckpointer
 from .hooks import ClusteringHook, StageLRScheduler
 
@@ -29,11 +30,7 @@ def load_train_items(cfg) -> List[Tuple[str, object, int]]:
     only used for pseudo-label statistics."""
     items = []
     for name in cfg.DATASETS.NAMES:
-        try:
-            dataset_cls = DATASET_REGISTRY.get(name)
-        except KeyError:
-            known = ", ".join(sorted(k for k, _ in DATASET_REGISTRY))
-            raise KeyError(f"DATASETS.NAMES: unknown dataset {name!r}; choose one of: {known}") from None
+        dataset_cls = lookup(DATASET_REGISTRY, name, "DATASETS.NAMES")
         dataset = dataset_cls(root=datasets_root)
         if comm.is_main_process():
             dataset.show_train()

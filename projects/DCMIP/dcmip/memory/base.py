@@ -19,6 +19,7 @@ from torch import nn
 
 from fastreid.utils.registry import Registry
 
+from ..registry import lookup
 from ..structures import PseudoLabels
 
 MEMORY_HEAD_REGISTRY = Registry("MEMORY_HEAD")
@@ -56,10 +57,5 @@ class MemoryHead(nn.Module):
 
 def build_memory_head(cfg) -> MemoryHead:
     name = cfg.UNSUP.MEMORY.NAME
-    try:
-        head_cls = MEMORY_HEAD_REGISTRY.get(name)
-    except KeyError:
-        known = ", ".join(sorted(k for k, _ in MEMORY_HEAD_REGISTRY))
-        raise KeyError(f"UNSUP.MEMORY.NAME: unknown memory head {name!r}; "
-                       f"choose one of: {known}") from None
+    head_cls = lookup(MEMORY_HEAD_REGISTRY, name, "UNSUP.MEMORY.NAME")
     return head_cls(cfg)

@@ -11,6 +11,7 @@ from torch.utils.data import Sampler
 
 from fastreid.utils.registry import Registry
 
+from ..registry import lookup
 from ..structures import PseudoLabels
 
 SAMPLER_REGISTRY = Registry("UNSUP_SAMPLER")
@@ -59,10 +60,6 @@ def group_rows(labels: np.ndarray) -> List[np.ndarray]:
 
 def build_sampler(cfg, pseudo: PseudoLabels, seed: int, rank: int = 0, world_size: int = 1):
     name = cfg.UNSUP.SAMPLER.NAME
-    try:
-        sampler_cls = SAMPLER_REGISTRY.get(name)
-    except KeyError:
-        known = ", ".join(sorted(k for k, _ in SAMPLER_REGISTRY))
-        raise KeyError(f"UNSUP.SAMPLER.NAME: unknown sampler {name!r}; choose one of: {known}") from None
+    sampler_cls = lookup(SAMPLER_REGISTRY, name, "UNSUP.SAMPLER.NAME")
     return sampler_cls(pseudo, cfg.SOLVER.IMS_PER_BATCH, cfg.UNSUP.SAMPLER.NUM_INSTANCES, seed,
                        rank=rank, world_size=world_size)
