@@ -1,0 +1,188 @@
+"""The camera-aware proxy memory head: O2CAP and every variant of its Table II (METHODS §2).
+
+``UNSUP.O2CAP.LOSSES`` picks the summed losses, which decides the memories the head keeps:
+
+- ``offline`` (L_off, Eq. 4), ``online`` (L_on, Eq. 6), ``merge`` (L_merge, Eq. 8) and
+  ``intra`` (L_intra, Eq. 9) use the proxy memory K' (Z × d);
+- ``base`` (L_base, Eq. 2) and ``base2`` (L_base2, Eq. 3) use a cluster memory K (C × d).
+
+Both memories are rebuilt from the epoch-start features at every epoch and move by the same
+momentum rule (Eq. 1, per image in batch order), K' with the proxy labels and K with the
+cluster labels. The losses are the pure functions of :mod:`dcmip.memory.o2cap`.
+"""
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+
+from ..structures import PseudoLabels
+from .base import MEMORY_HEAD_REGISTRY, MemoryHead
+from .o2cap import (ASSOCIATION_STATISTICS, association_statistics, balanced_similarity, base2_loss,
+                    base_loss, intra_loss, merge_loss, offline_loss, offline_positives, online_loss,
+                    online_positives, per_camera_mean)
+from .updates import normalized_centroids, sequential_momentum_update_
+
+PROXY_LOSSES = ("offline", "online", "merge", "intra")
+CLUSTER_LOSSES = ("base", "base2")
+ONLINE_NEGATIVES = ("instance", "balanced")
+
+
+def _check_losses(losses: Sequence[str]) -> Tuple[str, ...]:
+    allowed = PROXY_LOSSES + CLUSTER_LOSSES
+    losses = tuple(losses)
+    if not losses or any(name not in allowed for name in losses) or len(set(losses)) != len(losses):
+        raise ValueError(f"UNSUP.O2CAP.LOSSES={losses!r}: give a non-empty list of distinct names "
+                         f"from {allowed}")
+    return losses
+
+
+def _check_range(key: str, value, low, high=None, integer: bool = False):
+    wrong_type = integer and (isinstance(value, bool) or not isinstance(value, int))
+    if wrong_type or value < low or (high is not None and value > high):
+        kind = "an integer" if integer else "a number"
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{key}={value!r}: must be {kind} {bound}")
+    return value
+
+
+def _majority_label(groups: torch.Tensor, labels: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """(num_groups,) the most frequent label of each group (the smallest one on a tie)."""
+    offset = labels.min()
+    shifted = labels - offset
+    span = int(shifted.max()) + 1
+    pairs, counts = torch.unique(groups * span + shifted, return_counts=True)
+    pair_group = pairs // span
+    top = torch.zeros(num_groups, dtype=counts.dtype, device=counts.device).scatter_reduce(
+        0, pair_group, counts, reduce="amax")
+    candidate = torch.where(counts == top[pair_group], pairs % span, span)
+    majority = torch.full((num_groups,), span, dtype=pairs.dtype, device=pairs.device).scatter_reduce(
+        0, pair_group, candidate, reduce="amin")
+    return majority + offset
+
+
+@MEMORY_HEAD_REGISTRY.register()
+class CameraAwareProxyMemory(MemoryHead):
+    """Camera-aware proxies (one per (cluster, camera) pair) and O2CAP's losses.
+
+    Config: ``UNSUP.MEMORY.TEMP`` (tau, 0.07), ``UNSUP.MEMORY.MOMENTUM`` (mu, 0.2) and the
+    ``UNSUP.O2CAP`` keys ``LOSSES``, ``HARD_NEGATIVES`` (K1), ``ONLINE_POSITIVES`` (K2),
+    ``BALANCE_WEIGHT`` (w), ``ONLINE_NEGATIVES``.
+
+    When the online association runs (``online`` or ``merge``), the head accumulates the
+    association statistics of Fig. 5 on the device and :meth:`epoch_statistics` returns their
+    epoch averages (precision and recall only when the pseudo labels carry true identities).
+    """
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        o2cap = cfg.UNSUP.O2CAP
+        self.losses = _check_losses(o2cap.LOSSES)
+        self.k1 = _check_range("UNSUP.O2CAP.HARD_NEGATIVES", o2cap.HARD_NEGATIVES, 1, integer=True)
+        self.k2 = _check_range("UNSUP.O2CAP.ONLINE_POSITIVES", o2cap.ONLINE_POSITIVES, 1, integer=True)
+        self.balance_weight = _check_range("UNSUP.O2CAP.BALANCE_WEIGHT", o2cap.BALANCE_WEIGHT, 0.0, 1.0)
+        self.online_negatives = o2cap.ONLINE_NEGATIVES
+        if self.online_negatives not in ONLINE_NEGATIVES:
+            raise ValueError(f"UNSUP.O2CAP.ONLINE_NEGATIVES={self.online_negatives!r}: choose one of "
+                             f"{ONLINE_NEGATIVES}")
+        _check_range("UNSUP.MEMORY.MOMENTUM", self.momentum, 0.0, 1.0)
+        if not self.temp > 0:
+            raise ValueError(f"UNSUP.MEMORY.TEMP={self.temp!r}: must be a number > 0")
+
+        self.uses_proxies = any(name in PROXY_LOSSES for name in self.losses)
+        self.uses_clusters = any(name in CLUSTER_LOSSES for name in self.losses)
+        self.associates_online = "online" in self.losses or "merge" in self.losses
+        self.num_cams = 0
+        # Non-persistent: every memory is rebuilt from the epoch-start features (METHODS §1).
+        for name in ("proxy_memory", "proxy_cluster", "proxy_cam", "cluster_memory", "true_ids",
+                     "proxy_true_id"):
+            self.register_buffer(name, torch.zeros(0), persistent=False)
+        self.register_buffer("statistic_sums", torch.zeros(len(ASSOCIATION_STATISTICS), dtype=torch.float64),
+                             persistent=False)
+        self.register_buffer("statistic_counts", torch.zeros_like(self.statistic_sums), persistent=False)
+
+    @torch.no_grad()
+    def reset(self, pseudo: PseudoLabels) -> None:
+        """Rebuild the memories from the epoch-start features: each entry is the normalised
+        mean of its images' features. Also resets the association statistics."""
+        device = self.statistic_sums.device
+        # Half-precision features (AMP extraction) are promoted: the memory accumulates updates.
+        dtype = torch.promote_types(pseudo.features.dtype, torch.float32)
+        features = pseudo.features.to(device, dtype)
+        self.num_cams = int(pseudo.cams.max()) + 1
+        if self.uses_proxies:
+            self.proxy_memory = normalized_centroids(features, pseudo.proxies.to(device), pseudo.num_proxies)
+            self.proxy_cluster = pseudo.proxy_to_cluster().to(device)
+            self.proxy_cam = pseudo.proxy_to_cam().to(device)
+        if self.uses_clusters:
+            self.cluster_memory = normalized_centroids(features, pseudo.clusters.to(device),
+                                                       pseudo.num_clusters)
+        if self.associates_online and pseudo.true_ids is not None:
+            self.true_ids = pseudo.true_ids.to(device)
+            self.proxy_true_id = _majority_label(pseudo.proxies.to(device), self.true_ids,
+                                                 pseudo.num_proxies)
+        else:
+            self.true_ids = torch.zeros(0, dtype=torch.long, device=device)
+        self.statistic_sums.zero_()
+        self.statistic_counts.zero_()
+
+    def forward(self, features: torch.Tensor, batch: Dict) -> Dict[str, torch.Tensor]:
+        """The configured losses of the batch, each reduced by :func:`per_camera_mean`, against
+        the memories as they are before this step's :meth:`update`."""
+        cams, clusters, proxies = batch["camids"], batch["clusters"], batch["proxies"]
+        losses = {}
+        if self.uses_proxies:
+            memory = self.proxy_memory
+            f = features.to(memory.dtype)
+            scores = f @ memory.t() / self.temp
+            if "intra" in self.losses:
+                losses["loss_intra"] = intra_loss(scores, proxies, cams, self.proxy_cam)
+            if "offline" in self.losses:
+                losses["loss_offline"] = offline_loss(scores, clusters, self.proxy_cluster, self.k1)
+            if self.associates_online:
+                balanced = balanced_similarity(f, memory, proxies, self.balance_weight)
+                online = online_positives(balanced, self.proxy_cam, self.num_cams, self.k2)
+                offline = offline_positives(clusters, self.proxy_cluster)
+                self._accumulate_statistics(offline, online, batch.get("index"))
+                if "online" in self.losses:
+                    rank = scores.detach() if self.online_negatives == "instance" else balanced
+                    losses["loss_online"] = online_loss(scores, online, rank, self.k1)
+                if "merge" in self.losses:
+                    losses["loss_merge"] = merge_loss(scores, offline, online, self.k1)
+        if self.uses_clusters:
+            memory = self.cluster_memory
+            cluster_scores = features.to(memory.dtype) @ memory.t() / self.temp
+            if "base" in self.losses:
+                losses["loss_base"] = base_loss(cluster_scores, clusters)
+            if "base2" in self.losses:
+                losses["loss_base2"] = base2_loss(cluster_scores, clusters, self.k1)
+        return {name: per_camera_mean(value, cams, self.num_cams) for name, value in losses.items()}
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor, batch: Dict) -> None:
+        """Eq. 1 per image in batch order, exactly, in ``multiplicity`` vectorised rounds."""
+        multiplicity = batch.get("multiplicity", {})
+        if self.uses_proxies:
+            sequential_momentum_update_(self.proxy_memory, features, batch["proxies"], self.momentum,
+                                        multiplicity.get("proxies"))
+        if self.uses_clusters:
+            sequential_momentum_update_(self.cluster_memory, features, batch["clusters"], self.momentum,
+                                        multiplicity.get("clusters"))
+
+    @torch.no_grad()
+    def _accumulate_statistics(self, offline: torch.Tensor, online: torch.Tensor,
+                               index: Optional[torch.Tensor]) -> None:
+        true_positives = None
+        if self.true_ids.numel() and index is not None:
+            true_positives = self.proxy_true_id.unsqueeze(0) == self.true_ids[index].unsqueeze(1)
+        sums, counts = association_statistics(offline, online, true_positives)
+        self.statistic_sums += sums
+        self.statistic_counts += counts
+
+    def epoch_statistics(self) -> Dict[str, float]:
+        """Epoch averages of the Fig. 5 statistics (Eqs. 10-12) over the trained images, keyed
+        ``association/<name>``; statistics without data are left out. Resets the accumulators."""
+        sums, counts = self.statistic_sums.tolist(), self.statistic_counts.tolist()
+        self.statistic_sums.zero_()
+        self.statistic_counts.zero_()
+        return {f"association/{name}": total / count
+                for name, total, count in zip(ASSOCIATION_STATISTICS, sums, counts) if count > 0}
+
