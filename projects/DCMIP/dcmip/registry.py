@@ -1,4 +1,14 @@
-"""Registry look-up with an error that names the config key and the registered choices."""
+"""User-facing errors and registry look-ups that name the config key and the choices."""
+
+
+class UserInputError(Exception):
+    """Bad input the user can fix (config, paths, data); the message says what to do.
+    ``tools/train_net.py`` prints it without a stack trace."""
+
+
+class UnknownNameError(UserInputError, KeyError):
+    def __str__(self):
+        return str(self.args[0])
 
 
 def lookup(registry, name: str, config_key: str):
@@ -6,4 +16,4 @@ def lookup(registry, name: str, config_key: str):
         return registry.get(name)
     except KeyError:
         known = ", ".join(sorted(registry._obj_map))
-        raise KeyError(f"{config_key}: unknown name {name!r}; choose one of: {known}") from None
+        raise UnknownNameError(f"{config_key}: unknown name {name!r}; choose one of: {known}") from None

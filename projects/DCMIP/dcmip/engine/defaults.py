@@ -8,7 +8,12 @@ from fastreid.config import get_cfg
 from fastreid.engine import default_setup
 from fastreid.utils.env import seed_all_rng
 
+from fastreid.data.datasets import DATASET_REGISTRY
+
 from ..config import add_dcmip_config
+from ..memory import MEMORY_HEAD_REGISTRY
+from ..registry import UserInputError, lookup
+from ..sampling import SAMPLER_REGISTRY
 from .checkpoint import AtomicCheckpointer
 from .trainer import UnsupervisedTrainer
 
@@ -18,29 +23,47 @@ logger = logging.getLogger(__name__)
 def setup_cfg(args):
     """fastreid config + the UNSUP node, merged with the YAML file and command-line overrides,
     checked for problems a user can fix before anything expensive starts."""
-    cfg = get_cfg()
-    add_dcmip_config(cfg)
-    if args.config_file:
-        if not os.path.isfile(args.config_file):
-            raise FileNotFoundError(f"--config-file {args.config_file}: no such file (configs live in configs/).")
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    check_cfg(cfg, eval_only=args.eval_only)
+    cfg = load_cfg(args)
     cfg.freeze()
     default_setup(cfg, args)
     seed_all_rng(cfg.UNSUP.SEED)
     return cfg
 
 
+def load_cfg(args):
+    """The merged and checked config, without fastreid's run set-up (logging, output dir)."""
+    cfg = get_cfg()
+    add_dcmip_config(cfg)
+    if args.config_file and not os.path.isfile(args.config_file):
+        raise UserInputError(f"--config-file {args.config_file}: no such file (configs live in configs/).")
+    try:
+        if args.config_file:
+            cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+    except (KeyError, AssertionError, ValueError) as e:
+        # yacs names the offending key or value in its message.
+        raise UserInputError(f"config: {e}. Plugin keys are declared in dcmip/config.py, the others "
+                             f"in fastreid's config/defaults.py.") from None
+    check_cfg(cfg, eval_only=args.eval_only)
+    return cfg
+
+
 def check_cfg(cfg, eval_only: bool = False) -> None:
+    """Raise :class:`UserInputError` for problems the user can fix, before anything runs."""
+    lookup(MEMORY_HEAD_REGISTRY, cfg.UNSUP.MEMORY.NAME, "UNSUP.MEMORY.NAME")
+    lookup(SAMPLER_REGISTRY, cfg.UNSUP.SAMPLER.NAME, "UNSUP.SAMPLER.NAME")
+    for name in cfg.DATASETS.NAMES:
+        lookup(DATASET_REGISTRY, name, "DATASETS.NAMES")
+    for name in cfg.DATASETS.TESTS:
+        lookup(DATASET_REGISTRY, name, "DATASETS.TESTS")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise UserInputError(
             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no GPU is visible to torch. Run on a GPU machine, "
             f"or pass MODEL.DEVICE cpu (the *_cpu.yml configs are sized for a CPU).")
     if eval_only and not cfg.MODEL.WEIGHTS:
         logger.warning("--eval-only without MODEL.WEIGHTS: evaluating the initial (ImageNet) weights.")
     if eval_only and cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
-        raise FileNotFoundError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: no such checkpoint. Training writes "
+        raise UserInputError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: no such checkpoint. Training writes "
                                 f"model_best.pth / model_final.pth into OUTPUT_DIR.")
     if cfg.MODEL.BACKBONE.PRETRAIN and not (eval_only and cfg.MODEL.WEIGHTS):
         path = cfg.MODEL.BACKBONE.PRETRAIN_PATH
@@ -49,7 +72,7 @@ def check_cfg(cfg, eval_only: bool = False) -> None:
                     if "mobilenet" in cfg.MODEL.BACKBONE.NAME else
                     "place the ImageNet weights of the backbone there (for ResNet-50, torchvision's "
                     "resnet50-0676ba61.pth)")
-            raise FileNotFoundError(
+            raise UserInputError(
                 f"MODEL.BACKBONE.PRETRAIN_PATH {path!r}: no such file; {hint}, set "
                 f"MODEL.BACKBONE.PRETRAIN_PATH to the file, or train from scratch with "
                 f"MODEL.BACKBONE.PRETRAIN False.")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from fastreid.data.build import _root as datasets_root
+import fastreid.data.build as data_build
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.engine import hooks
 from fastreid.engine.defaults import DefaultTrainer
@@ -31,7 +31,7 @@ def load_train_items(cfg) -> List[Tuple[str, object, int]]:
     items = []
     for name in cfg.DATASETS.NAMES:
         dataset_cls = lookup(DATASET_REGISTRY, name, "DATASETS.NAMES")
-        dataset = dataset_cls(root=datasets_root)
+        dataset = dataset_cls(root=data_build._root)
         if comm.is_main_process():
             dataset.show_train()
         items.extend(dataset.train)

@@ -1,0 +1,76 @@
+"""End to end on tiny generated data: train, checkpoint, eval-only, and the bad-input errors
+a user meets first. Each run is a subprocess of tools/train_net.py, exactly as users call it."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
+CONFIG = os.path.join(ROOT, "configs", "ClusterContrast", "demo_cpu.yml")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny demo dataset and the converted ImageNet MobileNetV2 weights."""
+    from dcmip.data.demo import generate_demo_dataset
+    from dcmip.weights import prepare_mobilenetv2_weights
+
+    root = tmp_path_factory.mktemp("e2e")
+    generate_demo_dataset(root / "datasets" / "demo-market", seed=0, num_train_ids=24, num_test_ids=12)
+    weights = prepare_mobilenetv2_weights(str(root / "mobilenetv2.pth"))
+    return root, weights
+
+
+def run(args, root, check=True):
+    env = dict(os.environ, FASTREID_DATASETS=str(root / "datasets"), PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, TRAIN_NET, *args], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train_net failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def tiny(root, weights, *extra):
+    return ["--config-file", CONFIG, "MODEL.BACKBONE.PRETRAIN_PATH", weights, "OUTPUT_DIR", str(root / "out"),
+            "SOLVER.MAX_EPOCH", "2", "UNSUP.ITERS", "3", "SOLVER.IMS_PER_BATCH", "16", "TEST.EVAL_PERIOD", "1",
+            "DATALOADER.NUM_WORKERS", "0", *extra]
+
+
+def test_train_then_eval_only_on_the_written_checkpoint(workspace):
+    root, weights = workspace
+    out = run(tiny(root, weights), root)
+    log = out.stdout + out.stderr
+    assert "epoch 0 clustering: clusters" in log and "epoch 1 clustering: clusters" in log
+    assert "nmi" in log
+    for name in ("model_best.pth", "model_last.pth", "model_final.pth", "metrics.json"):
+        assert (root / "out" / name).is_file(), name
+
+    ev = run(["--config-file", CONFIG, "--eval-only", "MODEL.WEIGHTS", str(root / "out" / "model_final.pth"),
+              "OUTPUT_DIR", str(root / "eval"), "DATALOADER.NUM_WORKERS", "0"], root)
+    log = ev.stdout + ev.stderr
+    assert "Rank-1" in log and "mAP" in log and "mINP" in log
+
+
+def test_missing_dataset_root_says_what_to_do(workspace, tmp_path):
+    root, weights = workspace
+    env_root = tmp_path  # no datasets/ folder here
+    proc = run(tiny(root, weights), env_root, check=False)
+    assert proc.returncode != 0
+    assert "demo-market" in proc.stderr and "make demo" in proc.stderr
+
+
+def test_missing_weights_file_says_what_to_do(workspace):
+    root, _ = workspace
+    proc = run(tiny(root, str(root / "no_such_weights.pth")), root, check=False)
+    assert proc.returncode != 0
+    assert "no_such_weights.pth" in proc.stderr and "make weights" in proc.stderr
+
+
+def test_unknown_method_name_lists_the_choices(workspace):
+    root, weights = workspace
+    proc = run(tiny(root, weights, "UNSUP.MEMORY.NAME", "NoSuchMethod"), root, check=False)
+    assert proc.returncode != 0
+    assert "UNSUP.MEMORY.NAME" in proc.stderr and "ClusterMemory" in proc.stderr
+    assert "Traceback" not in proc.stderr
