@@ -482,7 +482,8 @@ def generate_demo_dataset(root, seed: int = 0, num_train_ids: int = 120, num_tes
         num_cams: cameras ``c1..c<num_cams>``.
         cams_per_id: (min, max) cameras that see each identity, inclusive; min >= 2 so every
             query has a cross-camera match.
-        images_per_cam: (min, max) images of an identity in each camera that sees it, inclusive.
+        images_per_cam: (min, max) images of an identity in each camera that sees it, inclusive;
+            min >= 2 so every camera keeps gallery images next to its query.
 
     Returns:
         ``{"train_ids", "train_images", "test_ids", "query_images", "gallery_images",
@@ -498,7 +499,7 @@ def generate_demo_dataset(root, seed: int = 0, num_train_ids: int = 120, num_tes
     if num_cams < 2:
         raise ValueError(f"num_cams={num_cams}: re-ID needs at least 2 cameras.")
     cams_per_id = _check_range("cams_per_id", cams_per_id, 2, num_cams)
-    images_per_cam = _check_range("images_per_cam", images_per_cam, 1, 10_000)
+    images_per_cam = _check_range("images_per_cam", images_per_cam, 2, 10_000)
     params = {"generator_version": GENERATOR_VERSION, "seed": int(seed),
               "num_train_ids": int(num_train_ids), "num_test_ids": int(num_test_ids),
               "num_cams": int(num_cams), "cams_per_id": list(cams_per_id),
