@@ -48,7 +48,7 @@ __all__ = ["generate_demo_dataset", "render_image", "preview_grid", "sample_iden
 logger = logging.getLogger(__name__)
 
 # Bump whenever the drawing changes, so that existing demo folders are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER_NAME = "demo_params.json"
 SUBSETS = ("bounding_box_train", "query", "bounding_box_test")
 
@@ -202,8 +202,9 @@ _MODEL_YY, _MODEL_XX = np.mgrid[0:_MODEL_H, 0:_MODEL_W]
 _IMAGE_YY, _IMAGE_XX = np.mgrid[0:IMAGE_HEIGHT, 0:IMAGE_WIDTH].astype(np.float64)
 
 
-# Images are made identity by identity, so a small cache holds all the textures in use.
-@functools.lru_cache(maxsize=8)
+# Images are made identity by identity: a small cache keeps the current identity's textures
+# (passers-by, drawn in between, mostly miss it).
+@functools.lru_cache(maxsize=32)
 def _top_texture(ident: Identity, back: bool) -> Image.Image:
     """The torso's fabric on the whole model canvas (it is later masked by the torso shape).
 
@@ -230,9 +231,10 @@ def _top_texture(ident: Identity, back: bool) -> Image.Image:
         second = (np.abs(xx - cx) < 9) & (np.abs(yy - 72) < 9)
     else:
         second = np.zeros_like(xx, dtype=bool)
-    out = np.where(second[..., None], np.array(ident.top_colour2, np.uint8),
-                   np.array(ident.top_colour, np.uint8))
-    return Image.fromarray(out.astype(np.uint8), "RGB")
+    # RGBA, the mode of the canvas it is pasted on, so that pasting needs no conversion.
+    out = np.where(second[..., None], np.array(ident.top_colour2 + (255,), np.uint8),
+                   np.array(ident.top_colour + (255,), np.uint8))
+    return Image.fromarray(out, "RGBA")
 
 
 def _draw_person(ident: Identity, back: bool, stride: float, swing: float) -> Image.Image:
@@ -418,21 +420,21 @@ def render_image(ident: Identity, cam: Camera, rng: np.random.Generator,
         _paste_person(canvas, passerby, cam, rng, rng.choice([-1, 1]) * rng.uniform(26, 38))
     _paste_person(canvas, ident, cam, rng, 0.0)
 
-    # The camera's colour response: cast, brightness, contrast, saturation.
-    img = np.asarray(canvas, np.float32)
-    gain = np.array(cam.gains, np.float32) * np.float32(cam.brightness * rng.uniform(0.9, 1.1))
-    img = img * gain
-    mean = img.mean()
-    img = mean + (img - mean) * cam.contrast
-    grey = img.mean(axis=2, keepdims=True)
-    img = grey + (img - grey) * cam.saturation
-    out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+    # The camera's colour response -- cast and brightness (per-channel gains G), contrast k
+    # around the image mean m, saturation s around each pixel's grey level -- is one affine map:
+    #   out = S (m + k (G x - m)) = k S G x + (1 - k) m,   S = s I + (1 - s) / 3 * ones.
+    gains = np.array(cam.gains) * cam.brightness * rng.uniform(0.9, 1.1)
+    k, sat = cam.contrast, cam.saturation
+    mean = float(np.mean(np.asarray(canvas, np.float32).mean(axis=(0, 1)) * gains))
+    matrix = k * (sat * np.eye(3) + (1 - sat) / 3) * gains[None, :]
+    affine = np.concatenate([matrix, np.full((3, 1), (1 - k) * mean)], axis=1)
+    out = canvas.convert("RGB", tuple(affine.ravel().tolist()))  # clips to 0..255
     sigma = max(0.0, cam.blur + rng.uniform(-0.15, 0.25))
     if sigma > 0.05:
         out = out.filter(ImageFilter.GaussianBlur(sigma))
-    noise = rng.normal(0, cam.noise, (IMAGE_HEIGHT, IMAGE_WIDTH, 3)).astype(np.float32)
-    noisy = np.asarray(out, np.float32) + noise
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+    noise = rng.standard_normal((IMAGE_HEIGHT, IMAGE_WIDTH, 3), dtype=np.float32) * cam.noise
+    return Image.fromarray(np.clip(np.asarray(out, np.float32) + noise, 0, 255).astype(np.uint8),
+                           "RGB")
 
 
 def preview_grid(seed: int = 0, pids=range(1, 9), num_cams: int = 6) -> Image.Image:
