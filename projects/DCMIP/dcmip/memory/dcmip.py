@@ -1,0 +1,163 @@
+"""DCMIP (Zou et al., ICCV 2023): discrepant cluster proxies and multi-instance proxies (METHODS §4).
+
+Pure tensor functions, free of fastreid, so that they can be tested against the per-image
+reference in ``tests/naive_dcmip.py``; :mod:`dcmip.memory.discrepant` is the stateful head
+around them.
+
+Memories (``C`` clusters, ``d`` the embedding size, ``K`` = 16 instances per cluster):
+
+- ``proxies`` (2C, d): the discrepant cluster proxies ``[A; B]``, row ``y`` is ``A[y]`` and row
+  ``C + y`` is ``B[y]``. Both start at the cluster's normalised centroid; A follows individual
+  images (sequential or hardest momentum update, :mod:`dcmip.memory.updates`), B the batch mean
+  of the cluster (:func:`update_proxy_b_`).
+- ``instances`` (K C, d): the multi-instance proxies of stage 2, entry ``y + k C`` for
+  ``k = 0..K-1``, so that ``instances.view(K, C, d)[k, y]`` is the k-th instance of cluster y.
+
+Every function runs in a fixed number of vectorised tensor operations per step: no loop over
+images or clusters, no host-device synchronisation, no data-dependent shape (METHODS §5).
+Updates whose indices repeat write either exact zeros (index_add_) or identical values
+(index_put_), so they are deterministic on every device and identical across DDP ranks.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def cluster_contrast_loss(features: torch.Tensor, proxies: torch.Tensor, labels: torch.Tensor,
+                          temp: float, margin: float) -> torch.Tensor:
+    """The discrepant cluster contrastive loss L_cc (METHODS §4, stages 1 and 2).
+
+    ``L_cc = 0.5 (CE(B-half, y) + relu(CE(A-half, y) - r))``: the logits ``f · [A; B]ᵀ / τ``
+    are split into the A half and the B half, each a softmax over the C clusters, and each CE
+    is the batch mean. The margin r relaxes the A term: A tracks single (hard) images, so its
+    loss is not pushed below r.
+
+    Args:
+        features: (B, d) L2-normalised embeddings (differentiated).
+        proxies: (2C, d) ``[A; B]`` (not differentiated).
+        labels: (B,) cluster of each image, in [0, C).
+        temp: τ (0.05).
+        margin: r (0.2).
+    """
+    num_clusters = proxies.shape[0] // 2
+    logits = features @ proxies.detach().t().to(features.dtype) / temp
+    loss_a = F.cross_entropy(logits[:, :num_clusters], labels)
+    loss_b = F.cross_entropy(logits[:, num_clusters:], labels)
+    return 0.5 * (loss_b + F.relu(loss_a - margin))
+
+
+def instance_loss(features: torch.Tensor, instances: torch.Tensor, labels: torch.Tensor,
+                  num_clusters: int, temp: float) -> torch.Tensor:
+    """The multi-instance contrastive loss L_ins (METHODS §4, stage 2).
+
+    Logits ``f · Iᵀ / τ`` viewed as (B, K, C). Each cluster gets one logit: the image's own
+    cluster its hardest positive (the minimum over its K instances), every other cluster its
+    hardest negative (the maximum over its K instances). ``L_ins = CE(those logits, y)``,
+    batch mean.
+
+    Args:
+        features: (B, d) L2-normalised embeddings (differentiated).
+        instances: (K C, d) multi-instance proxies, entry ``y + k C`` (not differentiated).
+        labels: (B,) cluster of each image, in [0, C).
+        num_clusters: C.
+        temp: τ (0.05).
+    """
+    batch = features.shape[0]
+    logits = (features @ instances.detach().t().to(features.dtype) / temp).view(batch, -1, num_clusters)
+    hardest_negative = logits.max(dim=1).values  # (B, C)
+    own = labels.view(batch, 1, 1).expand(batch, logits.shape[1], 1)
+    hardest_positive = logits.gather(2, own).min(dim=1).values  # (B, 1)
+    return F.cross_entropy(hardest_negative.scatter(1, labels.view(batch, 1), hardest_positive), labels)
+
+
+@torch.no_grad()
+def update_proxy_b_(proxies_b: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
+                    momentum: float) -> torch.Tensor:
+    """In place, once per cluster y of the batch: ``B[y] <- normalise(m B[y] + (1-m) mean_y)``,
+    with ``mean_y`` the mean of the batch's features of y (METHODS §4, proxy B).
+
+    The per-cluster means come from a (B, B) same-cluster matrix product rather than a
+    scatter-add, whose summation order (atomics on CUDA) would differ between DDP ranks.
+
+    Args:
+        proxies_b: (C, d) proxies B, updated in place.
+        features: (B, d) batch features (detached).
+        labels: (B,) cluster of each feature.
+        momentum: m, the weight of the old entry (0.1).
+    """
+    features = features.to(proxies_b.dtype)
+    same = (labels.unsqueeze(1) == labels.unsqueeze(0)).to(features.dtype)
+    means = (same @ features) / same.sum(dim=1, keepdim=True)
+    updated = F.normalize(momentum * proxies_b[labels] + (1.0 - momentum) * means, dim=1)
+    # Every position of a cluster writes the row computed at the cluster's first position
+    # (argmax returns the first maximum), so repeated indices carry identical values.
+    proxies_b[labels] = updated[same.argmax(dim=1)]
+    return proxies_b
+
+
+@torch.no_grad()
+def init_instance_memory(teacher_features: torch.Tensor, clusters: torch.Tensor, num_clusters: int,
+                         per_cluster: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The multi-instance proxies at an epoch start (METHODS §4, stage 2): for each cluster,
+    ``per_cluster`` of its images drawn uniformly at random *with* replacement, taken from the
+    EMA teacher's epoch-start features.
+
+    Args:
+        teacher_features: (N, d) the teacher's features of the epoch's pseudo-labelled images.
+        clusters: (N,) cluster of each image; every cluster in [0, C) must have an image.
+        num_clusters: C.
+        per_cluster: K (16).
+        generator: source of the random draws (on ``teacher_features``' device).
+
+    Returns:
+        (K C, d) new tensor, entry ``y + k C`` the k-th instance of cluster y.
+    """
+    device = teacher_features.device
+    clusters = clusters.to(device)
+    counts = torch.bincount(clusters, minlength=num_clusters)
+    if counts.numel() != num_clusters or not bool((counts > 0).all()):
+        raise ValueError(f"cluster labels must cover [0, {num_clusters}) with no empty cluster")
+    order = torch.argsort(clusters, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    # floor(u * n) with u uniform in [0, 1): a uniform draw from the cluster's n images; float64
+    # keeps the bias of the rounding negligible, the clamp guards u * n rounding up to n.
+    uniform = torch.rand(per_cluster, num_clusters, generator=generator, device=device, dtype=torch.float64)
+    offsets = torch.minimum((uniform * counts).long(), counts - 1)
+    return teacher_features[order[starts + offsets].reshape(-1)]
+
+
+@torch.no_grad()
+def replace_instances_(instances: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
+                       num_clusters: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """In place, the multi-instance proxies' update (METHODS §4, stage 2): for each cluster y
+    of the batch, its K entries are replaced by K of the batch's features of y, drawn without
+    replacement when the batch holds at least K of them, with replacement otherwise.
+
+    Without replacement: the batch positions are put in a uniformly random order within each
+    cluster (a random permutation, then a stable sort by cluster) and entry k takes the k-th.
+    With replacement: entry k takes a uniform draw among the cluster's positions. Both are
+    computed for every position of the batch from draws made per cluster, so all positions of
+    a cluster write identical rows to the same entries.
+
+    Args:
+        instances: (K C, d) multi-instance proxies, updated in place.
+        features: (B, d) batch features (detached).
+        labels: (B,) cluster of each feature.
+        num_clusters: C.
+        generator: source of the random draws (on ``instances``' device).
+    """
+    device = instances.device
+    per_cluster = instances.shape[0] // num_clusters
+    perm = torch.randperm(labels.numel(), generator=generator, device=device)
+    perm = perm[torch.argsort(labels[perm], stable=True)]
+    sorted_labels = labels[perm]
+    start = torch.searchsorted(sorted_labels, labels)  # first slot of each position's cluster in perm
+    count = torch.searchsorted(sorted_labels, labels, right=True) - start
+    uniform = torch.rand(per_cluster, num_clusters, generator=generator, device=device,
+                         dtype=torch.float64)[:, labels]  # (K, B), shared by a cluster's positions
+    k = torch.arange(per_cluster, device=device).unsqueeze(1)
+    offsets = torch.where(count >= per_cluster, k, torch.minimum((uniform * count).long(), count - 1))
+    sources = perm[start + offsets]  # (K, B)
+    instances[(labels + k * num_clusters).reshape(-1)] = features.to(instances.dtype)[sources.reshape(-1)]
+    return instances
