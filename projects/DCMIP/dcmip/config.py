@@ -81,8 +81,9 @@ def add_dcmip_config(cfg):
     _C.UNSUP.DCMIP.STAGE1_EPOCHS = 40
     # EMA teacher momentum, per step: theta_t <- m theta_t + (1 - m) theta.
     _C.UNSUP.DCMIP.EMA_MOMENTUM = 0.999
-    # Learning-rate steps (x SOLVER.GAMMA each) in epochs counted from the start of each stage:
-    # stage 2 restarts the LR from SOLVER.BASE_LR (METHODS §4: x0.1 every 20 epochs within each
-    # stage), which fastreid's absolute SOLVER.STEPS cannot express. Default [20].
-    _C.UNSUP.DCMIP.STAGE_LR_STEPS = [20]
+    # Learning-rate milestones (x SOLVER.GAMMA at each) in epochs counted from the first epoch of
+    # each stage, replacing SOLVER.STEPS for DCMIP: stage 2 restarts from SOLVER.BASE_LR, which
+    # fastreid's absolute steps cannot express. METHODS §4 "x0.1 every 20 epochs within each
+    # stage": 20 and 40, the latter reached only in the 50-epoch stage 2.
+    _C.UNSUP.DCMIP.STAGE_LR_STEPS = [20, 40]
     return cfg
