@@ -11,7 +11,7 @@ os.environ.setdefault("FASTREID_DATASETS", os.path.join(ROOT, "datasets"))
 
 import dcmip  # noqa: E402,F401
 from dcmip.engine.checkpoint import AtomicCheckpointer  # noqa: E402
-from dcmip.engine.defaults import setup_cfg  # noqa: E402
+from dcmip.engine.defaults import build_trainer, setup_cfg  # noqa: E402
 from dcmip.engine.trainer import UnsupervisedTrainer  # noqa: E402
 from fastreid.evaluation.testing import print_csv_format  # noqa: E402
 
@@ -25,7 +25,7 @@ def main():
     cfg = setup_cfg(args)
 
     initial = UnsupervisedTrainer.test(cfg, UnsupervisedTrainer.build_model(cfg))
-    trainer = UnsupervisedTrainer(cfg)
+    trainer = build_trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     best = os.path.join(cfg.OUTPUT_DIR, "model_best.pth")

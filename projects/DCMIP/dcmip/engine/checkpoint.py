@@ -10,10 +10,12 @@ class AtomicCheckpointer(Checkpointer):
     """Writes ``<name>.pth`` and the ``last_checkpoint`` tag through a temporary file and a
     rename, so a run killed while saving leaves the previous checkpoint intact."""
 
-    def save(self, name: str, **kwargs):
+    def save(self, name: str, model_state=None, **kwargs):
+        """Like fastreid's; ``model_state`` replaces the model's own weights in the file (DCMIP
+        keeps the better of student and teacher as ``model_best``)."""
         if not self.save_dir or not self.save_to_disk:
             return
-        data = {"model": self.model.state_dict()}
+        data = {"model": self.model.state_dict() if model_state is None else model_state}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)

@@ -16,6 +16,7 @@ from ..registry import UserInputError, lookup
 from ..sampling import SAMPLER_REGISTRY
 from .checkpoint import AtomicCheckpointer
 from .trainer import UnsupervisedTrainer
+from .two_stage import TwoStageTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,13 @@ def main(args):
         if cfg.MODEL.WEIGHTS:
             AtomicCheckpointer(model).load(cfg.MODEL.WEIGHTS)
         return UnsupervisedTrainer.test(cfg, model)
-    trainer = UnsupervisedTrainer(cfg)
+    trainer = build_trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
+
+
+def build_trainer(cfg) -> UnsupervisedTrainer:
+    """DCMIP's two-stage trainer when the config has a stage 2, the one-stage trainer otherwise."""
+    two_stage = (cfg.UNSUP.MEMORY.NAME == "DiscrepantProxyMemory"
+                 and cfg.UNSUP.DCMIP.STAGE1_EPOCHS < cfg.SOLVER.MAX_EPOCH)
+    return (TwoStageTrainer if two_stage else UnsupervisedTrainer)(cfg)

@@ -176,6 +176,10 @@ class UnsupervisedTrainer(DefaultTrainer):
                 set_rng_state(checkpoint["rng"])
         return checkpoint
 
+    def best_state_dict(self) -> Dict:
+        """Weights saved as ``model_best`` when the evaluated metric improves."""
+        return self.unwrapped_model.state_dict()
+
     def checkpoint_state(self) -> Dict:
         """Extra state saved with every checkpoint, restored by :meth:`resume_or_load`."""
         return {"epoch": self.epoch, "best_metric": self.best_metric, "rng": get_rng_state()}
@@ -217,7 +221,7 @@ class EpochCheckpointer(HookBase):
             trainer.best_metric = metric
         state = trainer.checkpoint_state()
         if improved:
-            trainer.checkpointer.save("model_best", metric=metric, **state)
+            trainer.checkpointer.save("model_best", model_state=trainer.best_state_dict(), metric=metric, **state)
         if (epoch + 1) % self.period == 0 or epoch + 1 == trainer.max_epoch:
             trainer.checkpointer.save("model_last", **state)
         if epoch + 1 == trainer.max_epoch:

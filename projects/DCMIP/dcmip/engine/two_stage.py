@@ -1,0 +1,85 @@
+"""DCMIP's two-stage schedule (METHODS §4) inside one run.
+
+Stage 1 (epochs [0, STAGE1_EPOCHS)): discrepant cluster proxies only. Stage 2 (the rest):
+starts from stage 1's best checkpoint with a fresh optimiser, keeps an EMA teacher updated
+after every step, initialises the multi-instance memory from the teacher's epoch-start
+features, evaluates student and teacher and keeps the better. The stage is logged, stored
+in every checkpoint, and a run resumed in either stage continues exactly there.
+"""
+import copy
+import logging
+import os
+import shutil
+
+import torch
+
+from fastreid.utils import comm
+
+from ..modeling.ema import ema_update_
+from .trainer import UnsupervisedTrainer
+
+logger = logging.getLogger(__name__)
+
+
+class TwoStageTrainer(UnsupervisedTrainer):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.stage1_epochs = cfg.UNSUP.DCMIP.STAGE1_EPOCHS
+        # The teacher exists from the start so that a checkpoint of either stage loads into
+        # the same set of modules; it is only used (and meaningful) in stage 2.
+        self.teacher = copy.deepcopy(self.unwrapped_model).eval().requires_grad_(False)
+        self.checkpointer.checkpointables["teacher"] = self.teacher
+        self._trainer.after_update.append(self._ema_step)
+
+    def stage(self, epoch: int) -> int:
+        return 1 if epoch < self.stage1_epochs else 2
+
+    def teacher_for_epoch(self):
+        return self.teacher if self.stage(self.epoch) == 2 else None
+
+    def _ema_step(self):
+        if self.stage(self.epoch) == 2:
+            ema_update_(self.teacher, self.unwrapped_model, self.cfg.UNSUP.DCMIP.EMA_MOMENTUM)
+
+    def before_epoch(self):
+        if self.epoch == self.stage1_epochs and self.epoch > 0:
+            self._start_stage2()
+        self.storage.put_scalar("stage", self.stage(self.epoch), smoothing_hint=False)
+        logger.info(f"epoch {self.epoch}: DCMIP stage {self.stage(self.epoch)}")
+        super().before_epoch()
+
+    def _start_stage2(self):
+        best = os.path.join(self.cfg.OUTPUT_DIR, "model_best.pth")
+        if not os.path.isfile(best):
+            raise RuntimeError(f"epoch {self.epoch}: stage 2 starts from stage 1's best checkpoint, but "
+                               f"{best} does not exist; stage 1 must evaluate at least once "
+                               f"(TEST.EVAL_PERIOD <= UNSUP.DCMIP.STAGE1_EPOCHS).")
+        if comm.is_main_process():
+            shutil.copyfile(best, os.path.join(self.cfg.OUTPUT_DIR, "model_stage1_best.pth"))
+        comm.synchronize()
+        state = torch.load(best, map_location="cpu", weights_only=False)["model"]
+        self.unwrapped_model.load_state_dict(state, strict=False)
+        self.teacher.load_state_dict(state, strict=False)
+        self.optimizer.state.clear()
+        logger.info(f"epoch {self.epoch}: DCMIP stage 2 begins from {best} (stage-1 best metric "
+                    f"{self.best_metric:.2f}); EMA teacher initialised from it")
+
+    def evaluate(self):
+        student = self.test(self.cfg, self.unwrapped_model)
+        if self.stage(self.epoch) == 1:
+            self.best_network = "student"
+            return student
+        teacher = self.test(self.cfg, self.teacher)
+        logger.info(f"epoch {self.epoch}: student metric {student['metric']:.2f}, "
+                    f"teacher metric {teacher['metric']:.2f}")
+        self.storage.put_scalars(**{f"teacher/{k}": float(v) for k, v in teacher.items()
+                                    if isinstance(v, (int, float))}, smoothing_hint=False)
+        self.best_network = "teacher" if teacher["metric"] > student["metric"] else "student"
+        return teacher if self.best_network == "teacher" else student
+
+    def best_state_dict(self):
+        return (self.teacher if getattr(self, "best_network", "student") == "teacher"
+                else self.unwrapped_model).state_dict()
+
+    def checkpoint_state(self):
+        return {**super().checkpoint_state(), "stage": self.stage(self.epoch)}
