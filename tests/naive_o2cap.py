@@ -12,13 +12,18 @@ import torch
 import torch.nn.functional as F
 
 
+def naive_members(labels: torch.Tensor) -> Dict[int, List[int]]:
+    """The rows of each label, in row order."""
+    members: Dict[int, List[int]] = {}
+    for i, label in enumerate(labels.tolist()):
+        members.setdefault(label, []).append(i)
+    return members
+
+
 def naive_centroids(features: torch.Tensor, labels: torch.Tensor, num_labels: int) -> torch.Tensor:
     """Each entry: the normalised mean of its images' features."""
-    rows = []
-    for label in range(num_labels):
-        members = [i for i in range(len(labels)) if int(labels[i]) == label]
-        rows.append(F.normalize(features[members].mean(dim=0), dim=0))
-    return torch.stack(rows)
+    members = naive_members(labels)
+    return torch.stack([F.normalize(features[members[label]].mean(dim=0), dim=0) for label in range(num_labels)])
 
 
 def naive_update_(memory: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
@@ -81,19 +86,17 @@ class NaiveO2CAPHead:
         self.proxy_memory = naive_centroids(features, proxies, num_proxies)
         self.cluster_memory = naive_centroids(features, clusters, int(clusters.max()) + 1)
         proxy_cluster, proxy_cam = [0] * num_proxies, [0] * num_proxies
-        for i in range(len(proxies)):
-            proxy_cluster[int(proxies[i])] = int(clusters[i])
-            proxy_cam[int(proxies[i])] = int(cams[i])
+        for z, rows in naive_members(proxies).items():
+            proxy_cluster[z], proxy_cam[z] = int(clusters[rows[0]]), int(cams[rows[0]])
         self.proxy_cluster = torch.tensor(proxy_cluster)
         self.proxy_cam = torch.tensor(proxy_cam)
         self.camera_members = {cam: torch.nonzero(self.proxy_cam == cam).flatten()
                                for cam in sorted(set(proxy_cam))}
-        self.true_ids = true_ids
         if true_ids is not None:
-            self.proxy_true_id = []
-            for z in range(num_proxies):
-                ids = sorted(int(true_ids[i]) for i in range(len(proxies)) if int(proxies[i]) == z)
-                self.proxy_true_id.append(max(ids, key=ids.count))  # sorted: smallest on ties
+            self.proxy_true_id = [0] * num_proxies
+            for z, rows in naive_members(proxies).items():
+                ids = sorted(int(true_ids[i]) for i in rows)
+                self.proxy_true_id[z] = max(ids, key=ids.count)  # sorted: smallest on ties
 
     def forward(self, features, clusters, proxies, cams) -> Dict[str, torch.Tensor]:
         cams_list = [int(c) for c in cams]

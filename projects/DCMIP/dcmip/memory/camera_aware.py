@@ -16,9 +16,9 @@ import torch
 
 from ..structures import PseudoLabels
 from .base import MEMORY_HEAD_REGISTRY, MemoryHead
-from .o2cap import (ASSOCIATION_STATISTICS, association_statistics, balanced_similarity, base2_loss,
-                    base_loss, intra_loss, merge_loss, offline_loss, offline_positives, online_loss,
-                    online_positives, per_camera_mean)
+from .o2cap import (ASSOCIATION_STATISTICS, ProxySet, association_statistics, balanced_similarity,
+                    base2_loss, base_loss, cluster_proxy_table, intra_loss, merge_loss, merged_positives,
+                    offline_loss, offline_positives, online_loss, online_positives, per_camera_mean)
 from .updates import normalized_centroids, sequential_momentum_update_
 
 PROXY_LOSSES = ("offline", "online", "merge", "intra")
@@ -44,19 +44,17 @@ def _check_range(key: str, value, low, high=None, integer: bool = False):
     return value
 
 
-def _majority_label(groups: torch.Tensor, labels: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """(num_groups,) the most frequent label of each group (the smallest one on a tie)."""
-    offset = labels.min()
-    shifted = labels - offset
-    span = int(shifted.max()) + 1
-    pairs, counts = torch.unique(groups * span + shifted, return_counts=True)
-    pair_group = pairs // span
+def _majority_label(groups: torch.Tensor, labels: torch.Tensor, num_groups: int,
+                    num_labels: int) -> torch.Tensor:
+    """(num_groups,) the most frequent label in [0, num_labels) of each group (the smallest
+    one on a tie). Every group must have members."""
+    pairs, counts = torch.unique(groups * num_labels + labels, return_counts=True)
+    pair_group = pairs // num_labels
     top = torch.zeros(num_groups, dtype=counts.dtype, device=counts.device).scatter_reduce(
         0, pair_group, counts, reduce="amax")
-    candidate = torch.where(counts == top[pair_group], pairs % span, span)
-    majority = torch.full((num_groups,), span, dtype=pairs.dtype, device=pairs.device).scatter_reduce(
+    candidate = torch.where(counts == top[pair_group], pairs % num_labels, num_labels)
+    return torch.full((num_groups,), num_labels, dtype=pairs.dtype, device=pairs.device).scatter_reduce(
         0, pair_group, candidate, reduce="amin")
-    return majority + offset
 
 
 @MEMORY_HEAD_REGISTRY.register()
@@ -92,8 +90,8 @@ class CameraAwareProxyMemory(MemoryHead):
         self.associates_online = "online" in self.losses or "merge" in self.losses
         self.num_cams = 0
         # Non-persistent: every memory is rebuilt from the epoch-start features (METHODS §1).
-        for name in ("proxy_memory", "proxy_cluster", "proxy_cam", "cluster_memory", "true_ids",
-                     "proxy_true_id"):
+        for name in ("proxy_memory", "proxy_cluster", "proxy_cam", "cluster_proxies", "cluster_proxies_valid",
+                     "cluster_memory", "true_ids", "proxy_true_id", "num_true"):
             self.register_buffer(name, torch.zeros(0), persistent=False)
         self.register_buffer("statistic_sums", torch.zeros(len(ASSOCIATION_STATISTICS), dtype=torch.float64),
                              persistent=False)
@@ -112,13 +110,18 @@ class CameraAwareProxyMemory(MemoryHead):
             self.proxy_memory = normalized_centroids(features, pseudo.proxies.to(device), pseudo.num_proxies)
             self.proxy_cluster = pseudo.proxy_to_cluster().to(device)
             self.proxy_cam = pseudo.proxy_to_cam().to(device)
+            self.cluster_proxies, self.cluster_proxies_valid = cluster_proxy_table(self.proxy_cluster,
+                                                                                   pseudo.num_clusters)
         if self.uses_clusters:
             self.cluster_memory = normalized_centroids(features, pseudo.clusters.to(device),
                                                        pseudo.num_clusters)
         if self.associates_online and pseudo.true_ids is not None:
-            self.true_ids = pseudo.true_ids.to(device)
+            # Identities renumbered 0..T-1; per proxy its majority identity (Fig. 5's P_gt), per
+            # identity the number of proxies it is the majority of (|P_gt|).
+            identities, self.true_ids = torch.unique(pseudo.true_ids.to(device), return_inverse=True)
             self.proxy_true_id = _majority_label(pseudo.proxies.to(device), self.true_ids,
-                                                 pseudo.num_proxies)
+                                                 pseudo.num_proxies, len(identities))
+            self.num_true = torch.bincount(self.proxy_true_id, minlength=len(identities))
         else:
             self.true_ids = torch.zeros(0, dtype=torch.long, device=device)
         self.statistic_sums.zero_()
@@ -135,18 +138,19 @@ class CameraAwareProxyMemory(MemoryHead):
             scores = f @ memory.t() / self.temp
             if "intra" in self.losses:
                 losses["loss_intra"] = intra_loss(scores, proxies, cams, self.proxy_cam)
+            offline = offline_positives(clusters, ProxySet(self.cluster_proxies, self.cluster_proxies_valid))
             if "offline" in self.losses:
-                losses["loss_offline"] = offline_loss(scores, clusters, self.proxy_cluster, self.k1)
+                losses["loss_offline"] = offline_loss(scores, offline, self.k1)
             if self.associates_online:
                 balanced = balanced_similarity(f, memory, proxies, self.balance_weight)
                 online = online_positives(balanced, self.proxy_cam, self.num_cams, self.k2)
-                offline = offline_positives(clusters, self.proxy_cluster)
-                self._accumulate_statistics(offline, online, batch.get("index"))
+                self._accumulate_statistics(offline, online, clusters, batch.get("index"))
                 if "online" in self.losses:
                     rank = scores.detach() if self.online_negatives == "instance" else balanced
                     losses["loss_online"] = online_loss(scores, online, rank, self.k1)
                 if "merge" in self.losses:
-                    losses["loss_merge"] = merge_loss(scores, offline, online, self.k1)
+                    merged = merged_positives(offline, online, clusters, self.proxy_cluster)
+                    losses["loss_merge"] = merge_loss(scores, merged, self.k1)
         if self.uses_clusters:
             memory = self.cluster_memory
             cluster_scores = features.to(memory.dtype) @ memory.t() / self.temp
@@ -168,12 +172,13 @@ class CameraAwareProxyMemory(MemoryHead):
                                         multiplicity.get("clusters"))
 
     @torch.no_grad()
-    def _accumulate_statistics(self, offline: torch.Tensor, online: torch.Tensor,
+    def _accumulate_statistics(self, offline: ProxySet, online: ProxySet, clusters: torch.Tensor,
                                index: Optional[torch.Tensor]) -> None:
-        true_positives = None
+        truth = {}
         if self.true_ids.numel() and index is not None:
-            true_positives = self.proxy_true_id.unsqueeze(0) == self.true_ids[index].unsqueeze(1)
-        sums, counts = association_statistics(offline, online, true_positives)
+            true_ids = self.true_ids[index]
+            truth = dict(true_ids=true_ids, proxy_true_id=self.proxy_true_id, num_true=self.num_true[true_ids])
+        sums, counts = association_statistics(offline, online, clusters, self.proxy_cluster, **truth)
         self.statistic_sums += sums
         self.statistic_counts += counts
 
