@@ -99,7 +99,7 @@ class Identity:
     shoe_colour: Tuple[int, int, int]
     bag: Optional[str]       # None, "shoulder" or "backpack"
     bag_colour: Tuple[int, int, int]
-    bag_side: int            # +1: the person's right side faces the camera's left (front view)
+    bag_side: int            # shoulder bag side: +1 = the image's right in a front view
     build: float             # width factor of shoulders and limbs
     head_size: float
     leg_ratio: float         # fraction of the neck-to-ground height taken by the legs
@@ -208,8 +208,9 @@ _IMAGE_YY, _IMAGE_XX = np.mgrid[0:IMAGE_HEIGHT, 0:IMAGE_WIDTH].astype(np.float64
 def _top_texture(ident: Identity, back: bool) -> Image.Image:
     """The torso's fabric on the whole model canvas (it is later masked by the torso shape).
 
-    Computed in canvas coordinates so stripes stay put relative to the body. Logos and open
-    jackets are front-only details; from the back those tops look plain.
+    Computed in canvas coordinates so stripes stay put relative to the body (the torso spans
+    rows ~45-140 of the canvas: the two-tone split and the logo sit at fixed rows within it).
+    Logos and open jackets are front-only details; from the back those tops look plain.
     """
     yy, xx = _MODEL_YY, _MODEL_XX
     period, half = ident.stripe_period, ident.stripe_period // 2
@@ -286,7 +287,6 @@ def _draw_person(ident: Identity, back: bool, stride: float, swing: float) -> Im
 
     # Legs: one foot raised and the feet spread by the stride.
     spread = ident.stance / 2 + 3 * abs(stride)
-    leg_bottom = ankle_y
     pelvis_h = 0.14 * leg_len
     legs = []
     for s in (-1, 1):
@@ -294,14 +294,11 @@ def _draw_person(ident: Identity, back: bool, stride: float, swing: float) -> Im
         lift = 6 * stride * s if stride * s > 0 else 0
         top_x = cx + s * (leg_w / 2 + 1)
         legs.append(([(top_x - leg_w / 2, hip_y), (top_x + leg_w / 2, hip_y),
-                      (foot_x + leg_w * 0.4, leg_bottom - lift),
-                      (foot_x - leg_w * 0.4, leg_bottom - lift)], foot_x, leg_bottom - lift))
-    for poly, _, _ in legs:
-        d.polygon(poly, fill=ident.skin)
-    if ident.bottom == "pants":
-        for poly, _, _ in legs:
-            d.polygon(poly, fill=ident.bottom_colour)
-    elif ident.bottom == "shorts":
+                      (foot_x + leg_w * 0.4, ankle_y - lift),
+                      (foot_x - leg_w * 0.4, ankle_y - lift)], foot_x, ankle_y - lift))
+    for poly, _, _ in legs:  # bare legs unless trousers cover them
+        d.polygon(poly, fill=ident.bottom_colour if ident.bottom == "pants" else ident.skin)
+    if ident.bottom == "shorts":
         for poly, _, _ in legs:
             knee = hip_y + 0.42 * leg_len
             t = (knee - hip_y) / (poly[2][1] - hip_y)
@@ -378,7 +375,7 @@ def _background(cam: Camera, rng: np.random.Generator) -> np.ndarray:
         t = (yy > horizon).astype(np.float64)
     elif cam.background == "tiles":
         horizon = h * cam.bg_param + rng.uniform(-6, 6)
-        tile = cam.bg_param * 20
+        tile = cam.bg_param * 20  # 11-16 px: the horizon height doubles as the tile seed
         t = (yy > horizon) * (((xx + rng.uniform(0, tile)) % tile < 2) | (yy % 10 < 1.5)) * 0.7
     elif cam.background == "gradient":
         t = np.clip(yy / h + rng.uniform(-0.2, 0.2), 0, 1)
@@ -509,7 +506,10 @@ def generate_demo_dataset(root, seed: int = 0, num_train_ids: int = 120, num_tes
 
     marker = root / MARKER_NAME
     if marker.is_file():
-        old = json.loads(marker.read_text())
+        try:
+            old = json.loads(marker.read_text())
+        except ValueError:  # a marker cut short by a crash: the folders are ours, regenerate
+            old = {}
         counts = old.get("counts")
         if old.get("params") == params and counts and _existing_counts(root) == {
                 "bounding_box_train": counts["train_images"], "query": counts["query_images"],
