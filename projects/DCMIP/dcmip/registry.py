@@ -17,3 +17,11 @@ def lookup(registry, name: str, config_key: str):
     except KeyError:
         known = ", ".join(sorted(registry._obj_map))
         raise UnknownNameError(f"{config_key}: unknown name {name!r}; choose one of: {known}") from None
+
+
+class DatasetNotFoundError(UserInputError, FileNotFoundError):
+    """A dataset root, folder or file that does not exist."""
+
+
+class DatasetFormatError(UserInputError, ValueError):
+    """A dataset folder whose content does not match the expected layout or naming."""

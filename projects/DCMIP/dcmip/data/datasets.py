@@ -25,6 +25,8 @@ import numpy as np
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.bases import ImageDataset
 
+from ..registry import DatasetFormatError, DatasetNotFoundError
+
 __all__ = ["parse_market_folder", "split_identities", "MarketFormat", "DemoMarket", "MarketSplit",
            "IMAGE_EXTENSIONS"]
 
@@ -57,10 +59,10 @@ def parse_market_folder(folder, hint: str = _DATA_HINT) -> List[Item]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"Image folder {folder} not found. {hint}")
+        raise DatasetNotFoundError(f"Image folder {folder} not found. {hint}")
     names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not names:
-        raise ValueError(f"Image folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}). "
+        raise DatasetFormatError(f"Image folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}). "
                          f"{hint}")
     items, bad, junk = [], [], 0
     for name in names:
@@ -77,7 +79,7 @@ def parse_market_folder(folder, hint: str = _DATA_HINT) -> List[Item]:
             continue
         items.append((str(folder / name), pid, cam - 1))
     if bad:
-        raise ValueError(
+        raise DatasetFormatError(
             f"{len(bad)} of the {len(names)} images in {folder} are not named like Market-1501 "
             f"(PPPP_cCsS_FFFFFF_BB.jpg: person id, 1-based camera, sequence, frame, box), e.g. "
             f"{', '.join(bad[:5])}. Rename them or move them out of the folder.")
@@ -105,7 +107,7 @@ class MarketFormat(ImageDataset):
         self.data_dir = os.path.join(root, dataset_dir if dataset_dir is not None
                                      else self.dataset_dir)
         if not os.path.isdir(self.data_dir):
-            raise FileNotFoundError(f"{type(self).__name__}: dataset folder {self.data_dir} not "
+            raise DatasetNotFoundError(f"{type(self).__name__}: dataset folder {self.data_dir} not "
                                     f"found. {self.hint}")
         train = parse_market_folder(os.path.join(self.data_dir, "bounding_box_train"), self.hint)
         query = parse_market_folder(os.path.join(self.data_dir, "query"), self.hint)
@@ -129,7 +131,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"Environment variable {name}={value!r} must be an integer.") from None
+        raise DatasetFormatError(f"Environment variable {name}={value!r} must be an integer.") from None
 
 
 @DATASET_REGISTRY.register()
@@ -186,7 +188,7 @@ class MarketSplit(ImageDataset):
         for candidate in candidates:
             if os.path.isdir(candidate):
                 return candidate
-        raise FileNotFoundError(f"MarketSplit: no image folder found; tried "
+        raise DatasetNotFoundError(f"MarketSplit: no image folder found; tried "
                                 f"{', '.join(candidates)}. {cls._hint()}")
 
 
@@ -200,7 +202,7 @@ def split_identities(items: Sequence[Item], num_train_ids: int, seed: int
     items = sorted(items, key=lambda item: (item[1], item[2], os.path.basename(item[0])))
     pids = sorted({pid for _, pid, _ in items if pid > 0})
     if not 1 <= num_train_ids < len(pids):
-        raise ValueError(f"num_train_ids={num_train_ids}: the folder has {len(pids)} identities; "
+        raise DatasetFormatError(f"num_train_ids={num_train_ids}: the folder has {len(pids)} identities; "
                          f"at least one must be left for testing.")
     rng = np.random.default_rng(seed)
     train_ids = set(rng.permutation(pids)[:num_train_ids].tolist())
