@@ -187,13 +187,16 @@ def _encoding(x: torch.Tensor, indptr: np.ndarray, indices: np.ndarray) -> sp.cs
 def _query_expansion(v: sp.csr_matrix, rank: np.ndarray, k2: int) -> sp.csr_matrix:
     """Eq. 13: ``V[i] <- mean of V[rank[i, :k2]]`` as ``(Q @ V) / k2``, float32.
 
-    scipy sums the k2 rows in neighbour order like the authors' ``np.mean(axis=0)`` does.
+    scipy sums the k2 rows in neighbour order like the authors' ``np.mean(axis=0)`` does; the
+    columns are then sorted so that :func:`_jaccard_from_encoding` accumulates each pair's
+    minima over k in ascending order, as the authors' loop does (same float32 rounding).
     """
     n = v.shape[0]
     q = sp.csr_matrix((np.ones(n * k2, dtype=np.float32), rank[:, :k2].ravel(),
                        np.arange(0, n * k2 + 1, k2)), shape=(n, n))
     v = (q @ v).tocsr()
     v.data /= np.float32(k2)
+    v.sort_indices()
     return v
 
 
