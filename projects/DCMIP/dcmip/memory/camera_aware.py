@@ -138,7 +138,8 @@ class CameraAwareProxyMemory(MemoryHead):
             scores = f @ memory.t() / self.temp
             if "intra" in self.losses:
                 losses["loss_intra"] = intra_loss(scores, proxies, cams, self.proxy_cam)
-            offline = offline_positives(clusters, ProxySet(self.cluster_proxies, self.cluster_proxies_valid))
+            if "offline" in self.losses or self.associates_online:
+                offline = offline_positives(clusters, ProxySet(self.cluster_proxies, self.cluster_proxies_valid))
             if "offline" in self.losses:
                 losses["loss_offline"] = offline_loss(scores, offline, self.k1)
             if self.associates_online:
