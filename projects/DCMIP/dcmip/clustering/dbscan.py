@@ -48,13 +48,12 @@ def dbscan(distances: sp.spmatrix, eps: float, min_samples: int = 4) -> np.ndarr
     if graph.nnz and (not np.isfinite(graph.data).all() or graph.data.min() < 0):
         raise ValueError("distances must be finite and non-negative; build them with "
                          "jaccard_distance from finite features")
-    rows = np.repeat(np.arange(n), np.diff(graph.indptr))
-    near = graph.data <= eps
-    rows, cols, data = rows[near], graph.indices[near], graph.data[near]
+    near = np.flatnonzero(graph.data <= eps)
+    rows = np.searchsorted(graph.indptr, near, side="right") - 1
+    data = graph.data[near]
     order = np.lexsort((data, rows))  # by row, then by distance
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-    near_graph = sp.csr_matrix((data[order], cols[order], indptr), shape=(n, n))
+    indptr = np.searchsorted(rows, np.arange(n + 1))  # rows ascend: row r starts there
+    near_graph = sp.csr_matrix((data[order], graph.indices[near][order], indptr), shape=(n, n))
     labels = DBSCAN(eps=eps, min_samples=int(min_samples), metric="precomputed").fit_predict(
         near_graph)
     return labels.astype(np.int64, copy=False)

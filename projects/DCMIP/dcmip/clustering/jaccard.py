@@ -3,12 +3,14 @@
 Zhong et al., "Re-ranking person re-identification with k-reciprocal encoding" (CVPR 2017),
 Eq. 4-14, as implemented by the cluster-contrast authors (``compute_jaccard_distance``,
 whose numbers we reproduce). Their code holds three dense N×N matrices; here every stage is
-a sparse matrix with O(N·k) entries, built with vectorised numpy / scipy / torch:
+a sparse matrix, built with vectorised numpy / scipy / torch, whose size is that of its
+stored pairs, never N²:
 
 1. ``initial_rank``: each point's ``k1`` nearest neighbours, itself first (:func:`knn`).
-2. k-reciprocal sets ``R(i, k)`` (Eq. 6) as boolean masks over ``initial_rank``.
-3. Expansion ``R*(i, k1)`` (Eq. 7) and the encoding ``V[i, j] = softmax_j(-(2 - 2 f_i·f_j))``
-   over it (Eq. 8-9): a CSR matrix whose dot products come from a sampled sparse matmul.
+2. k-reciprocal sets ``R(i, k)`` (Eq. 6): ``A ∘ Aᵀ`` of the sparse kNN indicator ``A``.
+3. Expansion ``R*(i, k1)`` (Eq. 7) from sparse overlap counts, and the encoding
+   ``V[i, j] = softmax_j(-(2 - 2 f_i·f_j))`` over it (Eq. 8-9): a CSR matrix whose dot
+   products come from a sampled dense-dense product (SDDMM), i.e. only the stored pairs.
 4. Query expansion (Eq. 13): ``V <- (1/k2) Q V`` with ``Q`` the kNN indicator, a sparse matmul.
 5. ``m(i, j) = Σ_k min(V[i,k], V[j,k])`` (Eq. 10-12) only for pairs that share a column
    (sparse-sparse, upper triangle by symmetry, accumulated by counting sorts: no N-wide
@@ -72,7 +74,9 @@ def jaccard_distance(features: ArrayLike, k1: int = 20, k2: int = 6, *, knn: str
         (N, N) ``scipy.sparse.csr_matrix`` of float32 with sorted column indices and every
         pair whose encodings share a column stored, explicit zeros included (each point's
         distance to itself is stored). Those are exactly the pairs with ``J < 1``; a pair
-        not stored is at distance 1. Symmetric. Entries: O(N·k1²) in the worst case.
+        not stored is at distance 1. Symmetric. Its size is the number of pairs sharing a
+        column of V: at most N·q·c for q entries per row and c per column of V (both
+        O(k2·k1)), in practice hundreds to a few thousand per row.
 
     Raises:
         ValueError: bad shapes, NaN/inf features, ``k1`` not in ``[1, N)``, ``k2`` not in
@@ -230,25 +234,33 @@ def _jaccard_from_encoding(v: sp.csr_matrix) -> sp.csr_matrix:
         mins = np.minimum(np.repeat(v.data[lo:hi], counts), col_vals[offsets])
         row_ptr = np.zeros(stop - start + 1, dtype=np.int64)
         np.cumsum(row_triples[start:stop], out=row_ptr[1:])
-        block = sp.csr_matrix((mins, col_rows[offsets], row_ptr), shape=(stop - start, n))
-        # CSR -> CSC puts duplicates of a pair next to each other (rows ascend within a
-        # column), so summing them is a linear pass; the summed CSC arrays are also the CSR
-        # arrays of the block's mirror image (columns start..stop of the lower triangle).
-        block = block.tocsc()
-        block.sum_duplicates()
-        mirror = sp.csr_matrix((block.data, block.indices, block.indptr), shape=(n, stop - start))
-        return block.tocsr(), mirror
+        pairs = sp.csr_matrix((mins, col_rows[offsets], row_ptr), shape=(stop - start, n))
+        # CSR -> CSC puts the triples of a pair next to each other, in ascending k (a stable
+        # counting sort), so summing them is a linear pass in the authors' order; the summed
+        # CSC arrays are also the CSR arrays of the block's mirror image (columns
+        # start..stop of the lower triangle).
+        pairs = pairs.tocsc()
+        pairs.sum_duplicates()
+        mirror = sp.csr_matrix((pairs.data, pairs.indices, pairs.indptr), shape=(n, stop - start))
+        return pairs.tocsr(), mirror
 
-    upper, lower = zip(*_run_blocks(block, _cost_blocks(row_triples, _TRIPLES_PER_BLOCK)))
-    upper = sp.vstack(upper, format="csr")
-    lower = sp.hstack(lower, format="csr")
+    blocks = _run_blocks(block, _cost_blocks(row_triples, _TRIPLES_PER_BLOCK))
+    upper = sp.vstack([pair[0] for pair in blocks], format="csr")
+    lower = sp.hstack([pair[1] for pair in blocks], format="csr")
+    del blocks
     # The diagonal is in both triangles (first entry of each upper row): count it once. m > 0
     # on every stored pair (V is positive on its pattern), so the sparse sum, which drops
     # zeros, loses nothing but these; J's explicit zeros appear only afterwards.
     upper.data[upper.indptr[:-1]] = 0
-    m = lower + upper
-    m.data = np.maximum(1 - m.data / (2 - m.data), 0, dtype=np.float32)
-    return m
+    jac = lower + upper
+    del upper, lower
+    # J = max(1 - m / (2 - m), 0) in place: one temporary of nnz(J) floats.
+    m = jac.data
+    ratio = np.subtract(2, m, dtype=np.float32)
+    np.divide(m, ratio, out=ratio)
+    np.subtract(1, ratio, out=m)
+    np.maximum(m, 0, out=m)
+    return jac
 
 
 def _cost_blocks(cost: np.ndarray, budget: int) -> "list[tuple[int, int]]":
