@@ -192,9 +192,9 @@ def test_replace_instances_draws_batch_features_of_the_cluster():
     features, labels = replacement_batch()
     g = torch.Generator().manual_seed(0)
     for _ in range(50):
-        memory = -torch.arange(48, dtype=torch.float32).unsqueeze(1).repeat(1, 2)
+        memory = -torch.arange(49, dtype=torch.float32).unsqueeze(1).repeat(1, 2)  # + scratch row
         replace_instances_(memory, features, labels, 3, g)
-        entries = memory[:, 0].view(16, 3)  # [k, y]
+        entries = memory[:48, 0].view(16, 3)  # [k, y]
         sources = (entries - 100).long()
         for y in (0, 2):
             assert all(int(labels[p]) == y for p in sources[:, y])
@@ -209,18 +209,18 @@ def test_replace_instances_is_uniform_and_seeded():
     chosen, slot0_small = Counter(), Counter()
     trials = 3000
     for _ in range(trials):
-        memory = torch.zeros(48, 2)
+        memory = torch.zeros(49, 2)
         replace_instances_(memory, features, labels, 3, g)
-        sources = (memory[:, 0].view(16, 3) - 100).long()
+        sources = (memory[:48, 0].view(16, 3) - 100).long()
         chosen.update(sources[:, 0].tolist())
         slot0_small[int(sources[0, 2])] += 1
     # Cluster 0: each of its 20 images is among the 16 with probability 16 / 20.
     assert all(abs(chosen[p] / trials - 0.8) < 0.04 for p in range(23) if labels[p] == 0)
     # Cluster 2: each draw uniform over its 3 images.
     assert all(abs(slot0_small[p] / trials - 1 / 3) < 0.04 for p in (12, 13, 14))
-    one = replace_instances_(torch.zeros(48, 2), features, labels, 3, torch.Generator().manual_seed(5))
-    two = replace_instances_(torch.zeros(48, 2), features, labels, 3, torch.Generator().manual_seed(5))
-    assert torch.equal(one, two)
+    one = replace_instances_(torch.zeros(49, 2), features, labels, 3, torch.Generator().manual_seed(5))
+    two = replace_instances_(torch.zeros(49, 2), features, labels, 3, torch.Generator().manual_seed(5))
+    assert torch.equal(one[:48], two[:48])
 
 
 def test_step_is_free_of_host_syncs_and_data_dependent_shapes():
@@ -232,9 +232,9 @@ def test_step_is_free_of_host_syncs_and_data_dependent_shapes():
     features = torch.randn(b, d, device="meta", requires_grad=True)
     labels = torch.randint(c, (b,), device="meta")
     proxies = torch.randn(2 * c, d, device="meta")
-    instances = torch.randn(k * c, d, device="meta")
-    loss = cluster_contrast_loss(features, proxies, labels, TEMP, MARGIN) + instance_loss(features, instances,
-                                                                                           labels, c, TEMP)
+    instances = torch.randn(k * c + 1, d, device="meta")
+    loss = (cluster_contrast_loss(features, proxies, labels, TEMP, MARGIN)
+            + instance_loss(features, instances[:-1], labels, c, TEMP))
     loss.backward()
     sequential_momentum_update_(proxies[:c], features.detach(), labels, MOMENTUM, rounds=k)
     hardest_momentum_update_(proxies[:c], features.detach(), labels, MOMENTUM)

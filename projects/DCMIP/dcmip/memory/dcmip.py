@@ -12,11 +12,14 @@ Memories (``C`` clusters, ``d`` the embedding size, ``K`` = 16 instances per clu
   of the cluster (:func:`update_proxy_b_`).
 - ``instances`` (K C, d): the multi-instance proxies of stage 2, entry ``y + k C`` for
   ``k = 0..K-1``, so that ``instances.view(K, C, d)[k, y]`` is the k-th instance of cluster y.
+  They live in an ``instance_buffer`` (K C + 1, d) whose last row is scratch space for the
+  replacement (:func:`replace_instances_`); ``instances`` is ``instance_buffer[:-1]``.
 
 Every function runs in a fixed number of vectorised tensor operations per step: no loop over
 images or clusters, no host-device synchronisation, no data-dependent shape (METHODS §5).
-Updates whose indices repeat write either exact zeros (index_add_) or identical values
-(index_put_), so they are deterministic on every device and identical across DDP ranks.
+Every memory entry is written by exactly one batch position (the other positions add exact
+zeros, write identical values, or write to scratch space), so the updates are deterministic
+on every device and identical across DDP ranks.
 """
 from typing import Optional
 
@@ -41,7 +44,8 @@ def cluster_contrast_loss(features: torch.Tensor, proxies: torch.Tensor, labels:
         margin: r (0.2).
     """
     num_clusters = proxies.shape[0] // 2
-    logits = features @ proxies.detach().t().to(features.dtype) / temp
+    # Scaling the (B, d) features rather than the (B, 2C) logits keeps 1/τ off the big tensors.
+    logits = (features / temp) @ proxies.detach().t().to(features.dtype)
     loss_a = F.cross_entropy(logits[:, :num_clusters], labels)
     loss_b = F.cross_entropy(logits[:, num_clusters:], labels)
     return 0.5 * (loss_b + F.relu(loss_a - margin))
@@ -63,12 +67,39 @@ def instance_loss(features: torch.Tensor, instances: torch.Tensor, labels: torch
         num_clusters: C.
         temp: τ (0.05).
     """
-    batch = features.shape[0]
-    logits = (features @ instances.detach().t().to(features.dtype) / temp).view(batch, -1, num_clusters)
-    hardest_negative = logits.max(dim=1).values  # (B, C)
-    own = labels.view(batch, 1, 1).expand(batch, logits.shape[1], 1)
-    hardest_positive = logits.gather(2, own).min(dim=1).values  # (B, 1)
-    return F.cross_entropy(hardest_negative.scatter(1, labels.view(batch, 1), hardest_positive), labels)
+    logits = (features / temp) @ instances.detach().t().to(features.dtype)
+    return F.cross_entropy(_HardestInstanceLogits.apply(logits, labels, num_clusters), labels)
+
+
+class _HardestInstanceLogits(torch.autograd.Function):
+    """(B, K C) instance logits -> (B, C) cluster logits: the own cluster's minimum over its K
+    instances, every other cluster's maximum.
+
+    Autograd through ``max(dim)`` / ``gather`` would route the gradient back with scatter
+    kernels that cost more than the logits' matrix product on CPU; here the backward is one
+    dense pass: each cluster's gradient goes to the instance(s) whose logit was selected, split
+    evenly on exact ties (which occur only between duplicated instances, identical vectors,
+    so the gradient with respect to the features is the same as picking one of them).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> torch.Tensor:
+        batch = logits.shape[0]
+        per_cluster = logits.view(batch, -1, num_clusters)  # [b, k, c] = entry c + k C
+        own = labels.unsqueeze(1) + num_clusters * torch.arange(per_cluster.shape[1], device=labels.device)
+        selected = per_cluster.amax(dim=1)
+        selected.scatter_(1, labels.unsqueeze(1), logits.gather(1, own).amin(dim=1, keepdim=True))
+        ctx.num_clusters = num_clusters
+        ctx.save_for_backward(logits, selected)
+        return selected
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, selected = ctx.saved_tensors
+        chosen = logits.view(logits.shape[0], -1, ctx.num_clusters) == selected.unsqueeze(1)
+        # Summing the bool mask through a uint8 view skips a cast of the whole mask to int64.
+        share = (grad / chosen.view(torch.uint8).sum(dim=1, dtype=grad.dtype)).unsqueeze(1)
+        return torch.where(chosen, share, share.new_zeros(())).view_as(logits), None, None
 
 
 @torch.no_grad()
@@ -128,36 +159,45 @@ def init_instance_memory(teacher_features: torch.Tensor, clusters: torch.Tensor,
 
 
 @torch.no_grad()
-def replace_instances_(instances: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
+def replace_instances_(instance_buffer: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
                        num_clusters: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """In place, the multi-instance proxies' update (METHODS §4, stage 2): for each cluster y
     of the batch, its K entries are replaced by K of the batch's features of y, drawn without
     replacement when the batch holds at least K of them, with replacement otherwise.
 
-    Without replacement: the batch positions are put in a uniformly random order within each
-    cluster (a random permutation, then a stable sort by cluster) and entry k takes the k-th.
-    With replacement: entry k takes a uniform draw among the cluster's positions. Both are
-    computed for every position of the batch from draws made per cluster, so all positions of
-    a cluster write identical rows to the same entries.
+    The batch positions are put in a uniformly random order within each cluster (a random
+    permutation, then a stable sort by cluster), giving each position a rank in its cluster.
+    Entry k of cluster y takes the position of rank k (without replacement) or of a uniform
+    random rank (with replacement; one draw per (k, cluster)). Every (k, position) pair then
+    writes the position's own feature, to entry ``y + k C`` when the position holds the rank
+    that entry takes and to the scratch row otherwise: each entry is written exactly once and
+    the features are read in place, never gathered into a (K B, d) copy.
 
     Args:
-        instances: (K C, d) multi-instance proxies, updated in place.
+        instance_buffer: (K C + 1, d): the K C multi-instance proxies, updated in place,
+            followed by one scratch row whose content is meaningless.
         features: (B, d) batch features (detached).
         labels: (B,) cluster of each feature.
         num_clusters: C.
-        generator: source of the random draws (on ``instances``' device).
+        generator: source of the random draws (on ``instance_buffer``'s device).
     """
-    device = instances.device
-    per_cluster = instances.shape[0] // num_clusters
-    perm = torch.randperm(labels.numel(), generator=generator, device=device)
+    device = instance_buffer.device
+    scratch = instance_buffer.shape[0] - 1
+    per_cluster = scratch // num_clusters
+    batch = labels.numel()
+    perm = torch.randperm(batch, generator=generator, device=device)
     perm = perm[torch.argsort(labels[perm], stable=True)]
     sorted_labels = labels[perm]
     start = torch.searchsorted(sorted_labels, labels)  # first slot of each position's cluster in perm
     count = torch.searchsorted(sorted_labels, labels, right=True) - start
+    rank = torch.empty_like(perm)
+    rank[perm] = torch.arange(batch, device=device)
+    rank -= start
     uniform = torch.rand(per_cluster, num_clusters, generator=generator, device=device,
                          dtype=torch.float64)[:, labels]  # (K, B), shared by a cluster's positions
     k = torch.arange(per_cluster, device=device).unsqueeze(1)
-    offsets = torch.where(count >= per_cluster, k, torch.minimum((uniform * count).long(), count - 1))
-    sources = perm[start + offsets]  # (K, B)
-    instances[(labels + k * num_clusters).reshape(-1)] = features.to(instances.dtype)[sources.reshape(-1)]
-    return instances
+    taken = torch.where(count >= per_cluster, k, torch.minimum((uniform * count).long(), count - 1))
+    destination = torch.where(taken == rank, labels + k * num_clusters, scratch)  # (K, B)
+    values = features.to(instance_buffer.dtype).unsqueeze(0).expand(per_cluster, batch, features.shape[1])
+    instance_buffer.index_put_((destination,), values)
+    return instance_buffer

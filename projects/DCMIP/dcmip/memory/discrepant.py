@@ -46,15 +46,20 @@ class DiscrepantProxyMemory(MemoryHead):
                              f"must be an integer >= 1")
         self.seed = cfg.UNSUP.SEED
         self.num_clusters = 0
-        # [A; B] (2C, d) and the multi-instance proxies (K C, d), empty in stage 1. Rebuilt at
-        # every epoch start, hence not part of checkpoints.
+        # [A; B] (2C, d) and the multi-instance proxies plus a scratch row (K C + 1, d), empty
+        # in stage 1. Rebuilt at every epoch start, hence not part of checkpoints.
         self.register_buffer("proxies", torch.zeros(0), persistent=False)
-        self.register_buffer("instances", torch.zeros(0), persistent=False)
+        self.register_buffer("instance_buffer", torch.zeros(0), persistent=False)
         self._generator = None
 
     @property
     def stage2(self) -> bool:
-        return self.instances.numel() > 0
+        return self.instance_buffer.numel() > 0
+
+    @property
+    def instances(self) -> torch.Tensor:
+        """(K C, d) multi-instance proxies, entry ``y + k C``."""
+        return self.instance_buffer[:-1]
 
     def _generator_on(self, device: torch.device) -> torch.Generator:
         """The head's generator, seeded once from ``UNSUP.SEED`` on the memory's device."""
@@ -70,11 +75,11 @@ class DiscrepantProxyMemory(MemoryHead):
         centroids = normalized_centroids(pseudo.features.float().to(device), clusters, self.num_clusters)
         self.proxies = torch.cat([centroids, centroids])
         if pseudo.teacher_features is None:
-            self.instances = torch.zeros(0, device=device)
+            self.instance_buffer = torch.zeros(0, device=device)
         else:
-            self.instances = init_instance_memory(pseudo.teacher_features.float().to(device), clusters,
-                                                  self.num_clusters, self.per_cluster,
-                                                  self._generator_on(device))
+            instances = init_instance_memory(pseudo.teacher_features.float().to(device), clusters,
+                                             self.num_clusters, self.per_cluster, self._generator_on(device))
+            self.instance_buffer = torch.cat([instances, instances.new_zeros(1, instances.shape[1])])
 
     def forward(self, features: torch.Tensor, batch: Dict) -> Dict[str, torch.Tensor]:
         labels = batch["clusters"]
@@ -94,5 +99,5 @@ class DiscrepantProxyMemory(MemoryHead):
             hardest_momentum_update_(proxies_a, features, labels, self.momentum)
         update_proxy_b_(proxies_b, features, labels, self.momentum)
         if self.stage2:
-            replace_instances_(self.instances, features, labels, self.num_clusters,
-                               self._generator_on(self.instances.device))
+            replace_instances_(self.instance_buffer, features, labels, self.num_clusters,
+                               self._generator_on(self.instance_buffer.device))
