@@ -67,39 +67,49 @@ def instance_loss(features: torch.Tensor, instances: torch.Tensor, labels: torch
         num_clusters: C.
         temp: τ (0.05).
     """
-    logits = (features / temp) @ instances.detach().t().to(features.dtype)
-    return F.cross_entropy(_HardestInstanceLogits.apply(logits, labels, num_clusters), labels)
+    selected = _HardestInstanceLogits.apply(features / temp, instances.detach().to(features.dtype), labels,
+                                            num_clusters)
+    return F.cross_entropy(selected, labels)
 
 
 class _HardestInstanceLogits(torch.autograd.Function):
-    """(B, K C) instance logits -> (B, C) cluster logits: the own cluster's minimum over its K
-    instances, every other cluster's maximum.
+    """``(f / τ) · Iᵀ`` viewed as (B, K, C), reduced to (B, C) cluster logits: the own
+    cluster's minimum over its K instances, every other cluster's maximum.
 
-    Autograd through ``max(dim)`` / ``gather`` would route the gradient back with scatter
-    kernels that cost more than the logits' matrix product on CPU; here the backward is one
-    dense pass: each cluster's gradient goes to the instance(s) whose logit was selected, split
-    evenly on exact ties (which occur only between duplicated instances, identical vectors,
-    so the gradient with respect to the features is the same as picking one of them).
+    One function from the features to the selected logits so that the (B, K C) logits are
+    private to it: autograd through ``max(dim)`` / ``gather`` would route the gradient back
+    with scatter kernels that cost more than the matrix product on CPU, while here the
+    backward turns the saved logits, in place, into their gradient in two dense passes (each
+    cluster's gradient goes to the instance whose logit was selected, split evenly on exact
+    ties, which occur only between duplicated instances, i.e. identical vectors, so the
+    gradient with respect to the features is the same as picking one of them) and finishes
+    with the input-gradient product. Reusing the logits' storage means the graph supports
+    one backward pass.
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> torch.Tensor:
-        batch = logits.shape[0]
-        per_cluster = logits.view(batch, -1, num_clusters)  # [b, k, c] = entry c + k C
+    def forward(ctx, features: torch.Tensor, instances: torch.Tensor, labels: torch.Tensor,
+                num_clusters: int) -> torch.Tensor:
+        logits = features @ instances.t()
+        per_cluster = logits.view(logits.shape[0], -1, num_clusters)  # [b, k, c] = entry c + k C
         own = labels.unsqueeze(1) + num_clusters * torch.arange(per_cluster.shape[1], device=labels.device)
         selected = per_cluster.amax(dim=1)
         selected.scatter_(1, labels.unsqueeze(1), logits.gather(1, own).amin(dim=1, keepdim=True))
-        ctx.num_clusters = num_clusters
-        ctx.save_for_backward(logits, selected)
+        ctx.save_for_backward(instances, selected)
+        ctx.logits = per_cluster
         return selected
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        logits, selected = ctx.saved_tensors
-        chosen = logits.view(logits.shape[0], -1, ctx.num_clusters) == selected.unsqueeze(1)
-        # Summing the bool mask through a uint8 view skips a cast of the whole mask to int64.
-        share = (grad / chosen.view(torch.uint8).sum(dim=1, dtype=grad.dtype)).unsqueeze(1)
-        return torch.where(chosen, share, share.new_zeros(())).view_as(logits), None, None
+        instances, selected = ctx.saved_tensors
+        if ctx.logits is None:
+            raise RuntimeError("L_ins supports a single backward pass per graph (its logits' storage "
+                               "is reused for their gradient)")
+        grad_logits, ctx.logits = ctx.logits, None
+        grad_logits.eq_(selected.unsqueeze(1))  # 1 where the logit was selected, else 0
+        grad_logits.mul_((grad / grad_logits.sum(dim=1)).unsqueeze(1))
+        # Under autocast the forward product ran in half precision; the backward is outside it.
+        return grad_logits.view(grad.shape[0], -1) @ instances.to(grad_logits.dtype), None, None, None
 
 
 @torch.no_grad()
