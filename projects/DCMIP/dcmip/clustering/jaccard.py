@@ -236,18 +236,16 @@ def _jaccard_from_encoding(v: sp.csr_matrix) -> sp.csr_matrix:
         np.cumsum(row_triples[start:stop], out=row_ptr[1:])
         pairs = sp.csr_matrix((mins, col_rows[offsets], row_ptr), shape=(stop - start, n))
         # CSR -> CSC puts the triples of a pair next to each other, in ascending k (a stable
-        # counting sort), so summing them is a linear pass in the authors' order; the summed
-        # CSC arrays are also the CSR arrays of the block's mirror image (columns
-        # start..stop of the lower triangle).
+        # counting sort), so summing them is a linear pass in the authors' order.
         pairs = pairs.tocsc()
         pairs.sum_duplicates()
-        mirror = sp.csr_matrix((pairs.data, pairs.indices, pairs.indptr), shape=(n, stop - start))
-        return pairs.tocsr(), mirror
+        return pairs.tocsr()
 
-    blocks = _run_blocks(block, _cost_blocks(row_triples, _TRIPLES_PER_BLOCK))
-    upper = sp.vstack([pair[0] for pair in blocks], format="csr")
-    lower = sp.hstack([pair[1] for pair in blocks], format="csr")
-    del blocks
+    upper = _run_blocks(block, _cost_blocks(row_triples, _TRIPLES_PER_BLOCK))
+    upper = sp.vstack(upper, format="csr")
+    # The CSC arrays of the upper triangle are the CSR arrays of the lower one.
+    lower = upper.tocsc()
+    lower = sp.csr_matrix((lower.data, lower.indices, lower.indptr), shape=(n, n))
     # The diagonal is in both triangles (first entry of each upper row): count it once. m > 0
     # on every stored pair (V is positive on its pattern), so the sparse sum, which drops
     # zeros, loses nothing but these; J's explicit zeros appear only afterwards.
