@@ -380,9 +380,11 @@ def test_ema_update_rejects_different_models():
 
 def sampler_pseudo():
     """Cluster 0: 40 images over 4 cameras; 1: 6 images over 2 cameras; 2: 5 images, one
-    camera; 3: a singleton; 4: 20 images, 17 of camera 0 and 3 of camera 1."""
-    cams = [c % 4 for c in range(40)] + [0, 1, 0, 1, 0, 1] + [2] * 5 + [3] + [0] * 17 + [1] * 3
-    clusters = [0] * 40 + [1] * 6 + [2] * 5 + [3] + [4] * 20
+    camera; 3: a singleton; 4: 20 images, 17 of camera 0 and 3 of camera 1; 5: 16 images, 1 of
+    camera 0 and 15 of camera 1."""
+    cams = ([c % 4 for c in range(40)] + [0, 1, 0, 1, 0, 1] + [2] * 5 + [3] + [0] * 17 + [1] * 3
+            + [0] + [1] * 15)
+    clusters = [0] * 40 + [1] * 6 + [2] * 5 + [3] + [4] * 20 + [5] * 16
     n = len(cams)
     return PseudoLabels(features=torch.zeros(n, 2), clusters=torch.tensor(clusters), cams=torch.tensor(cams),
                         proxies=torch.tensor(clusters), indices=torch.arange(n))
@@ -398,7 +400,7 @@ def test_camera_diverse_sampler_groups():
     sampler = build_sampler(cfg, pseudo, seed=0)
     batches = sampler.global_batches()
     seen = Counter()
-    for _ in range(100):  # 40 passes over the 5 clusters
+    for _ in range(120):  # 40 passes over the 6 clusters
         batch = np.array(next(batches))
         assert len(batch) == 32
         for group in batch.reshape(2, 16):
@@ -415,9 +417,13 @@ def test_camera_diverse_sampler_groups():
                 assert len(set(rest)) == (15 if anchor_cam == 1 else 3)
             elif y == 2:  # one camera: the cluster's other images
                 assert set(rest) <= set(np.flatnonzero(clusters == 2)) - {group[0]}
-            else:  # singleton: its anchor
+            elif y == 3:  # singleton: its anchor
                 assert (rest == group[0]).all()
-    assert set(seen) == {0, 1, 2, 3, 4} and max(seen.values()) - min(seen.values()) <= 1
+            else:  # anchor of camera 0: 15 < K = 16 of camera 1, so with replacement (METHODS §4)
+                assert (cams[rest] != anchor_cam).all()
+                if anchor_cam == 0:
+                    assert len(set(rest)) < 15
+    assert set(seen) == set(range(6)) and max(seen.values()) - min(seen.values()) <= 1
     # Same seed, same stream.
     one = build_sampler(cfg, pseudo, seed=0).global_batches()
     two = build_sampler(cfg, pseudo, seed=0).global_batches()
