@@ -6,7 +6,9 @@ import torch
 
 from fastreid.config import get_cfg
 from fastreid.engine import default_setup
+from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
+from fastreid.utils.logger import setup_logger
 
 from fastreid.data.datasets import DATASET_REGISTRY
 
@@ -27,6 +29,8 @@ def setup_cfg(args):
     cfg = load_cfg(args)
     cfg.freeze()
     default_setup(cfg, args)
+    # fastreid's set-up only configures its own logger; ours writes to the same log.txt.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dcmip", abbrev_name="dcmip")
     seed_all_rng(cfg.UNSUP.SEED)
     return cfg
 

@@ -66,9 +66,9 @@ class ClusteringHook(HookBase):
         labels = None
         if comm.is_main_process():
             c = cfg.UNSUP.CLUSTER
-            labels = torch.as_tensor(cluster_features(source, k1=c.K1, k2=c.K2, eps=c.EPS,
-                                                      min_samples=c.MIN_SAMPLES, knn=c.KNN))
-        labels = broadcast_labels(labels).cpu().long()
+            labels = cluster_features(source, k1=c.K1, k2=c.K2, eps=c.EPS,
+                                      min_samples=c.MIN_SAMPLES, knn=c.KNN)
+        labels = torch.from_numpy(broadcast_labels(labels)).long()
         cluster_time = time.perf_counter() - start
 
         self.pseudo = self._pseudo_labels(epoch, labels, features, teacher_features)

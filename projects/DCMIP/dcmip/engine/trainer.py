@@ -14,6 +14,7 @@ from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.engine import hooks
 from fastreid.engine.defaults import DefaultTrainer
 from fastreid.engine.train_loop import HookBase, TrainerBase
+from fastreid.solver import build_optimizer
 from fastreid.utils import comm
 from fastreid.utils.events import CommonMetricPrinter, JSONWriter, get_event_storage
 from fastreid.utils.logger import setup_logger
@@ -51,11 +52,15 @@ class StepRunner:
         self.optimizer = optimizer
         self.data_loader = None
         self._data_loader_iter = None
-        self.log_period = log_period
         self.amp = amp and torch.cuda.is_available()
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.amp else None
         self.after_update = []  # callables run after the memory update (e.g. the EMA teacher)
         self.iter = 0
+        # Reading a loss back synchronises with the device: on a GPU, losses are summed on the
+        # device and their window mean is logged every log_period steps. A CPU has nothing
+        # to wait for, so it logs every step.
+        self.log_period = log_period if next(model.parameters()).is_cuda else 1
+        self._loss_sums, self._data_time = None, 0.0
 
     def set_data_loader(self, loader):
         shutdown = getattr(self.data_loader, "shutdown", None)
@@ -67,7 +72,7 @@ class StepRunner:
     def run_step(self):
         start = time.perf_counter()
         data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
+        self._data_time += time.perf_counter() - start
         with torch.autocast("cuda", enabled=self.amp):
             loss_dict = self.model(data)
         losses = sum(loss_dict.values())
@@ -82,11 +87,14 @@ class StepRunner:
         unwrap(self.model).update_memory()
         for callback in self.after_update:
             callback()
+        step_losses = torch.stack([v.detach().float() for v in loss_dict.values()])
+        self._loss_sums = step_losses if self._loss_sums is None else self._loss_sums + step_losses
         if (self.iter + 1) % self.log_period == 0:
-            self._write_metrics(loss_dict, data_time)
+            self._write_metrics(dict(zip(loss_dict, (self._loss_sums / self.log_period).tolist())),
+                                self._data_time / self.log_period)
+            self._loss_sums, self._data_time = None, 0.0
 
-    def _write_metrics(self, loss_dict: Dict[str, torch.Tensor], data_time: float):
-        metrics = {k: float(v.detach()) for k, v in loss_dict.items()}
+    def _write_metrics(self, metrics: Dict[str, float], data_time: float):
         total = sum(metrics.values())
         if not np.isfinite(total):
             raise FloatingPointError(f"loss became {total} at iteration {self.iter}: {metrics}. "
@@ -130,6 +138,12 @@ class UnsupervisedTrainer(DefaultTrainer):
                                                optimizer=optimizer)
         self.best_metric = -1.0
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        # fastreid's default flattens the parameters into one buffer (ContiguousParams), which
+        # silently stops training once torch 2's zero_grad sets gradients to None.
+        return build_optimizer(cfg, model, contiguous=False)
 
     @property
     def unwrapped_model(self):
