@@ -14,10 +14,10 @@ import dcmip  # noqa: F401
 from dcmip.config import add_dcmip_config
 from dcmip.memory import build_memory_head
 from dcmip.memory.camera_aware import CameraAwareProxyMemory
-from dcmip.memory.o2cap import (ProxySet, association_statistics, balanced_similarity, base2_loss, base_loss,
-                                cluster_proxy_table, contrast_with_hard_negatives, intra_loss, merge_loss,
+from dcmip.memory.o2cap import (ProxySet, association_statistics, balanced_query, base2_loss, base_loss,
+                                contrast_with_hard_negatives, group_table, hard_negative_candidates, intra_loss, merge_loss,
                                 merged_positives, offline_loss, offline_positives, online_loss,
-                                online_positives, per_camera_mean)
+                                online_positives, per_camera_mean, memory_scores)
 from dcmip.sampling import build_sampler
 from dcmip.structures import PseudoLabels
 from fastreid.config import get_cfg
@@ -46,6 +46,11 @@ TABLE_II = {
 
 def ps(index, valid):
     return ProxySet(torch.tensor(index), torch.tensor(valid))
+
+
+def contrast(scores, positives, rank, k1):
+    """The contrastive term with its negatives ranked by ``rank``."""
+    return contrast_with_hard_negatives(scores, positives, hard_negative_candidates(rank, k1, positives), k1)
 
 
 def make_cfg(losses=("offline", "online"), **o2cap):
@@ -114,14 +119,14 @@ def test_per_camera_mean_matches_loop():
 def test_contrast_picks_the_hardest_negative():
     """P = {0}, K1 = 1: Q is the best-ranked other proxy (score 5), so ℓ = log(1 + e^5)."""
     scores = torch.tensor([[0.0, 5.0, -100.0, 1.0]])
-    loss = contrast_with_hard_negatives(scores, ps([[0]], [[True]]), scores, k1=1)
+    loss = contrast(scores, ps([[0]], [[True]]), scores, k1=1)
     assert loss.item() == pytest.approx(math.log(1 + math.exp(5)))
 
 
 def test_contrast_with_two_positives():
     """Equal scores, |P| = 2, K1 = 1: every log-probability is log(1/3)."""
     scores = torch.zeros(1, 4)
-    loss = contrast_with_hard_negatives(scores, ps([[0, 1]], [[True, True]]), scores, k1=1)
+    loss = contrast(scores, ps([[0, 1]], [[True, True]]), scores, k1=1)
     assert loss.item() == pytest.approx(math.log(3))
 
 
@@ -129,14 +134,14 @@ def test_contrast_negatives_ranked_by_another_similarity():
     """The rank picks proxy 2 although proxy 1 scores higher: ℓ = log(1 + e^-1)."""
     scores = torch.tensor([[0.0, 5.0, -1.0]])
     rank = torch.tensor([[0.0, 0.0, 1.0]])
-    loss = contrast_with_hard_negatives(scores, ps([[0]], [[True]]), rank, k1=1)
+    loss = contrast(scores, ps([[0]], [[True]]), rank, k1=1)
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)))
 
 
 def test_k1_larger_than_the_negatives_available():
     """K1 = 50 > 2 negatives: Q is both of them, the softmax runs over all 4 proxies."""
     scores = torch.tensor([[0.3, -0.2, 1.1, 0.5]], dtype=torch.float64)
-    loss = contrast_with_hard_negatives(scores, ps([[0, 2]], [[True, True]]), scores, k1=50)
+    loss = contrast(scores, ps([[0, 2]], [[True, True]]), scores, k1=50)
     expected = torch.logsumexp(scores[0], 0) - (scores[0, 0] + scores[0, 2]) / 2
     assert loss.item() == pytest.approx(expected.item())
 
@@ -144,7 +149,7 @@ def test_k1_larger_than_the_negatives_available():
 def test_no_negatives_at_all_gives_zero_and_a_finite_gradient():
     """A single proxy in total (Z = 1): ℓ = -log 1 = 0."""
     scores = torch.tensor([[2.0]], requires_grad=True)
-    loss = contrast_with_hard_negatives(scores, ps([[0]], [[True]]), scores.detach(), k1=50)
+    loss = contrast(scores, ps([[0]], [[True]]), scores.detach(), k1=50)
     loss.sum().backward()
     assert loss.item() == 0.0 and torch.equal(scores.grad, torch.zeros(1, 1))
 
@@ -152,25 +157,28 @@ def test_no_negatives_at_all_gives_zero_and_a_finite_gradient():
 def test_invalid_positive_slots_are_ignored():
     """A padded slot (repeating slot 0) neither counts as a positive nor masks a negative."""
     scores = torch.tensor([[0.0, 5.0, 1.0]])
-    padded = contrast_with_hard_negatives(scores, ps([[0, 0]], [[True, False]]), scores, k1=2)
-    plain = contrast_with_hard_negatives(scores, ps([[0]], [[True]]), scores, k1=2)
+    padded = contrast(scores, ps([[0, 0]], [[True, False]]), scores, k1=2)
+    plain = contrast(scores, ps([[0]], [[True]]), scores, k1=2)
     assert padded.item() == pytest.approx(plain.item())
 
 
-def test_cluster_proxy_table_and_offline_positives():
-    table = cluster_proxy_table(torch.tensor([0, 1, 0, 2, 1]), num_clusters=3)
+def test_group_table_and_offline_positives():
+    table = group_table(torch.tensor([0, 1, 0, 2, 1]), num_groups=3)
     assert table.index.tolist() == [[0, 2], [1, 4], [3, 3]]
     assert table.valid.tolist() == [[True, True], [True, True], [True, False]]
     p1 = offline_positives(torch.tensor([2, 0]), table)
     assert p1.index.tolist() == [[3, 3], [0, 2]] and p1.valid.tolist() == [[True, False], [True, True]]
+    # A group without proxies (camera 1 here) has no valid slot.
+    assert group_table(torch.tensor([0, 2, 0]), num_groups=3).valid.tolist() == [[True, True], [False, False],
+                                                                                 [True, False]]
 
 
 def test_single_proxy_cluster_offline_loss():
     """Cluster 1 has one proxy (2): P1 = {2}, Q1 = the K1 = 2 best of the others."""
     proxy_cluster = torch.tensor([0, 0, 1, 2, 3])
     scores = torch.tensor([[1.0, 0.5, 2.0, -1.0, 0.7]], dtype=torch.float64)
-    p1 = offline_positives(torch.tensor([1]), cluster_proxy_table(proxy_cluster, 4))
-    loss = offline_loss(scores, p1, k1=2)
+    p1 = offline_positives(torch.tensor([1]), group_table(proxy_cluster, 4))
+    loss = offline_loss(scores, p1, hard_negative_candidates(scores, 2, p1), k1=2)
     expected = -math.log(math.exp(2.0) / (math.exp(2.0) + math.exp(1.0) + math.exp(0.7)))
     assert loss.item() == pytest.approx(expected)
 
@@ -179,22 +187,39 @@ def test_balanced_similarity_known_case():
     """b_j = w f·K'[j] + (1-w) K'[z̃]·K'[j] with orthonormal proxies."""
     memory = torch.eye(3)
     f = torch.tensor([[0.6, 0.8, 0.0]])
-    b = balanced_similarity(f, memory, torch.tensor([2]), weight=0.25)
+    b = balanced_query(f, memory, torch.tensor([2]), weight=0.25) @ memory.t()
     assert b.tolist() == [[pytest.approx(0.15), pytest.approx(0.2), pytest.approx(0.75)]]
+
+
+def test_scores_with_queries_share_one_matmul_and_the_gradient():
+    g = torch.Generator().manual_seed(0)
+    memory = torch.randn(7, 4, generator=g, dtype=torch.float64)
+    f = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    queries = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    scores, similarities = memory_scores(f, memory, 0.5, queries)
+    assert torch.allclose(scores, f @ memory.t() / 0.5) and torch.allclose(similarities, queries @ memory.t())
+    assert not similarities.requires_grad
+    assert torch.autograd.gradcheck(lambda x: memory_scores(x, memory, 0.5, queries)[0], (f,))
 
 
 def test_online_positives_one_winner_per_camera():
     """Cameras [0, 0, 1, 1, 2]: winners 0 (0.9), 3 (0.5), 4 (0.7); K2 = 2 keeps 0 and 4."""
     b = torch.tensor([[0.9, 0.8, 0.1, 0.5, 0.7]])
     proxy_cam = torch.tensor([0, 0, 1, 1, 2])
-    p2 = online_positives(b, proxy_cam, num_cams=3, k2=2)
+    p2 = online_positives(b, group_table(proxy_cam, 3), k2=2)
     assert p2.index.tolist() == [[0, 4]] and p2.valid.all()
+
+
+def test_online_positives_tie_goes_to_the_lowest_index():
+    b = torch.tensor([[0.5, 0.9, 0.9, 0.1]])
+    p2 = online_positives(b, group_table(torch.tensor([1, 0, 0, 1]), 2), k2=1)
+    assert p2.index.tolist() == [[1]]
 
 
 def test_online_positives_with_fewer_cameras_than_k2():
     """Camera 3 has no proxy: K2 = 4 yields the three winners, the fourth slot is padding."""
     b = torch.tensor([[0.9, 0.8, 0.1, 0.5, 0.7]])
-    p2 = online_positives(b, torch.tensor([0, 0, 1, 1, 2]), num_cams=4, k2=4)
+    p2 = online_positives(b, group_table(torch.tensor([0, 0, 1, 1, 2]), 4), k2=4)
     assert p2.index.tolist() == [[0, 4, 3, 0]]
     assert p2.valid.tolist() == [[True, True, True, False]]
 
@@ -209,7 +234,7 @@ def test_merged_positives_union():
     assert members == {0, 2, 3} and p3.index[0, 0] == 0
     scores = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
     # Everything is positive but proxy 1: ℓ = log(4) with K1 = 1.
-    assert merge_loss(scores, p3, k1=1).item() == pytest.approx(math.log(4))
+    assert merge_loss(scores, p3, hard_negative_candidates(scores, 1, p3), k1=1).item() == pytest.approx(math.log(4))
 
 
 def test_intra_loss_known_case():
@@ -239,13 +264,14 @@ def test_per_image_terms_and_gradients_match_the_oracle(k1, negatives):
     f = F.normalize(torch.randn(32, 12, generator=g, dtype=torch.float64), dim=1).requires_grad_()
     y, z = pseudo.clusters[rows], pseudo.proxies[rows]
     proxy_cluster, proxy_cam = pseudo.proxy_to_cluster(), pseudo.proxy_to_cam()
-    scores = f @ memory.t() / 0.07
-    b = balanced_similarity(f, memory, z, 0.15)
-    p1 = offline_positives(y, cluster_proxy_table(proxy_cluster, pseudo.num_clusters))
-    p2 = online_positives(b, proxy_cam, 5, 3)
+    scores, b = memory_scores(f, memory, 0.07, balanced_query(f, memory, z, 0.15))
+    p1 = offline_positives(y, group_table(proxy_cluster, pseudo.num_clusters))
+    p2 = online_positives(b, group_table(proxy_cam, 5), 3)
     rank = scores.detach() if negatives == "instance" else b
-    ours = {"offline": offline_loss(scores, p1, k1), "online": online_loss(scores, p2, rank, k1),
-            "merge": merge_loss(scores, merged_positives(p1, p2, y, proxy_cluster), k1)}
+    p3 = merged_positives(p1, p2, y, proxy_cluster)
+    ours = {"offline": offline_loss(scores, p1, hard_negative_candidates(scores.detach(), k1, p1), k1),
+            "online": online_loss(scores, p2, hard_negative_candidates(rank, k1, p2), k1),
+            "merge": merge_loss(scores, p3, hard_negative_candidates(scores.detach(), k1, p3), k1)}
     members = [torch.nonzero(proxy_cam == c).flatten() for c in range(5)]
     for name, values in ours.items():
         f.grad = None
@@ -370,8 +396,8 @@ def test_one_camera_only():
     expected = naive.forward(features, pseudo.clusters[rows], pseudo.proxies[rows], pseudo.cams[rows])
     for name in losses:
         assert ours[f"loss_{name}"].item() == pytest.approx(expected[f"loss_{name}"].item(), abs=1e-10)
-    b = balanced_similarity(features, head.proxy_memory, pseudo.proxies[rows], 0.15)
-    p2 = online_positives(b, head.proxy_cam, 1, 3)
+    b = balanced_query(features, head.proxy_memory, pseudo.proxies[rows], 0.15) @ head.proxy_memory.t()
+    p2 = online_positives(b, group_table(head.proxy_cam, 1), 3)
     assert p2.index.shape == (32, 1) and torch.equal(p2.index[:, 0], b.argmax(dim=1))
 
 

@@ -16,9 +16,10 @@ import torch
 
 from ..structures import PseudoLabels
 from .base import MEMORY_HEAD_REGISTRY, MemoryHead
-from .o2cap import (ASSOCIATION_STATISTICS, ProxySet, association_statistics, balanced_similarity,
-                    base2_loss, base_loss, cluster_proxy_table, intra_loss, merge_loss, merged_positives,
-                    offline_loss, offline_positives, online_loss, online_positives, per_camera_mean)
+from .o2cap import (ASSOCIATION_STATISTICS, ProxySet, association_statistics, balanced_query, base2_loss,
+                    base_loss, group_table, hard_negative_candidates, intra_loss, merge_loss, merged_positives,
+                    offline_loss, offline_positives, online_loss, online_positives, per_camera_mean,
+                    memory_scores)
 from .updates import normalized_centroids, sequential_momentum_update_
 
 PROXY_LOSSES = ("offline", "online", "merge", "intra")
@@ -91,7 +92,8 @@ class CameraAwareProxyMemory(MemoryHead):
         self.num_cams = 0
         # Non-persistent: every memory is rebuilt from the epoch-start features (METHODS §1).
         for name in ("proxy_memory", "proxy_cluster", "proxy_cam", "cluster_proxies", "cluster_proxies_valid",
-                     "cluster_memory", "true_ids", "proxy_true_id", "num_true"):
+                     "camera_proxies", "camera_proxies_valid", "cluster_memory", "true_ids", "proxy_true_id",
+                     "num_true"):
             self.register_buffer(name, torch.zeros(0), persistent=False)
         self.register_buffer("statistic_sums", torch.zeros(len(ASSOCIATION_STATISTICS), dtype=torch.float64),
                              persistent=False)
@@ -110,8 +112,8 @@ class CameraAwareProxyMemory(MemoryHead):
             self.proxy_memory = normalized_centroids(features, pseudo.proxies.to(device), pseudo.num_proxies)
             self.proxy_cluster = pseudo.proxy_to_cluster().to(device)
             self.proxy_cam = pseudo.proxy_to_cam().to(device)
-            self.cluster_proxies, self.cluster_proxies_valid = cluster_proxy_table(self.proxy_cluster,
-                                                                                   pseudo.num_clusters)
+            self.cluster_proxies, self.cluster_proxies_valid = group_table(self.proxy_cluster, pseudo.num_clusters)
+            self.camera_proxies, self.camera_proxies_valid = group_table(self.proxy_cam, self.num_cams)
         if self.uses_clusters:
             self.cluster_memory = normalized_centroids(features, pseudo.clusters.to(device),
                                                        pseudo.num_clusters)
@@ -135,26 +137,39 @@ class CameraAwareProxyMemory(MemoryHead):
         if self.uses_proxies:
             memory = self.proxy_memory
             f = features.to(memory.dtype)
-            scores = f @ memory.t() / self.temp
+            if self.associates_online:
+                scores, balanced = memory_scores(f, memory, self.temp,
+                                                balanced_query(f, memory, proxies, self.balance_weight))
+            else:
+                scores = memory_scores(f, memory, self.temp)
+            ranks = {"instance": scores.detach()}
             if "intra" in self.losses:
                 losses["loss_intra"] = intra_loss(scores, proxies, cams, self.proxy_cam)
             if "offline" in self.losses or self.associates_online:
                 offline = offline_positives(clusters, ProxySet(self.cluster_proxies, self.cluster_proxies_valid))
-            if "offline" in self.losses:
-                losses["loss_offline"] = offline_loss(scores, offline, self.k1)
             if self.associates_online:
-                balanced = balanced_similarity(f, memory, proxies, self.balance_weight)
-                online = online_positives(balanced, self.proxy_cam, self.num_cams, self.k2)
+                ranks["balanced"] = balanced
+                online = online_positives(balanced, ProxySet(self.camera_proxies, self.camera_proxies_valid),
+                                          self.k2)
                 self._accumulate_statistics(offline, online, clusters, batch.get("index"))
-                if "online" in self.losses:
-                    rank = scores.detach() if self.online_negatives == "instance" else balanced
-                    losses["loss_online"] = online_loss(scores, online, rank, self.k1)
-                if "merge" in self.losses:
-                    merged = merged_positives(offline, online, clusters, self.proxy_cluster)
-                    losses["loss_merge"] = merge_loss(scores, merged, self.k1)
+            # name -> (loss, positive set, similarity ranking its hard negatives)
+            contrastive = {}
+            if "offline" in self.losses:
+                contrastive["offline"] = (offline_loss, offline, "instance")
+            if "online" in self.losses:
+                contrastive["online"] = (online_loss, online, self.online_negatives)
+            if "merge" in self.losses:
+                contrastive["merge"] = (merge_loss, merged_positives(offline, online, clusters, self.proxy_cluster),
+                                        "instance")
+            # One top-k search per ranking similarity serves every loss that ranks by it.
+            for ranking in dict.fromkeys(r for _, _, r in contrastive.values()):
+                chosen = {name: (fn, p) for name, (fn, p, r) in contrastive.items() if r == ranking}
+                candidates = hard_negative_candidates(ranks[ranking], self.k1, *(p for _, p in chosen.values()))
+                for name, (loss_fn, positives) in chosen.items():
+                    losses[f"loss_{name}"] = loss_fn(scores, positives, candidates, self.k1)
         if self.uses_clusters:
             memory = self.cluster_memory
-            cluster_scores = features.to(memory.dtype) @ memory.t() / self.temp
+            cluster_scores = memory_scores(features.to(memory.dtype), memory, self.temp)
             if "base" in self.losses:
                 losses["loss_base"] = base_loss(cluster_scores, clusters)
             if "base2" in self.losses:

@@ -10,10 +10,10 @@ them into the batch loss the way the authors' code does.
 
 Positive sets (P1, P2, P3 of the paper) are :class:`ProxySet` s: a few padded indices per image
 rather than (B, Z) masks, because a positive set holds at most one proxy per camera (P1) or K2
-proxies (P2). The contrastive terms then gather the |P| + K1 scores they need, and the only
-(B, Z)-sized work of a loss is the top-K1 negative search. Every shape is fixed by the inputs'
-shapes and the hyper-parameters: no per-image loop, no ``nonzero`` / ``unique``, no
-host-device synchronisation.
+proxies (P2). The contrastive terms gather the |P| + K1 scores they need from one top-k search
+per ranking similarity, shared by the losses (:func:`hard_negative_candidates`). Every shape is
+fixed by the inputs' shapes and the hyper-parameters: no per-image loop, no ``nonzero`` /
+``unique``, no host-device synchronisation.
 
 Nothing here imports fastreid.
 """
@@ -59,44 +59,59 @@ def per_camera_mean(loss_per_image: torch.Tensor, cams: torch.Tensor, num_cams: 
     return (sums / counts.clamp(min=1)).sum()
 
 
-def contrast_with_hard_negatives(scores: torch.Tensor, positives: ProxySet,
-                                 negative_rank: torch.Tensor, k1: int) -> torch.Tensor:
+def hard_negative_candidates(negative_rank: torch.Tensor, k1: int, *positive_sets: ProxySet) -> torch.Tensor:
+    """(B, K) the K best-ranked entries of every row, best first, with K = K1 + the widest of
+    ``positive_sets`` (or all Z entries if fewer): enough to hold the K1 best entries outside
+    any of those sets, so one top-k search serves every loss that ranks by the same similarity.
+
+    Args:
+        negative_rank: (B, Z) the similarity that picks the hard negatives (no gradient).
+        k1: K1.
+        positive_sets: the positive sets whose negatives will be drawn from the candidates.
+    """
+    width = max(p.index.shape[1] for p in positive_sets)
+    return negative_rank.topk(min(k1 + width, negative_rank.shape[1]), dim=1).indices
+
+
+def contrast_with_hard_negatives(scores: torch.Tensor, positives: ProxySet, candidates: torch.Tensor,
+                                 k1: int) -> torch.Tensor:
     """The multi-positive contrastive term shared by Eqs. 3, 4, 6 and 8, per image:
 
     ``ℓ = -(1/|P|) Σ_{u∈P} log( exp(s_u) / Σ_{v∈P∪Q} exp(s_v) )``,
 
-    with Q the ``k1`` entries outside P that rank highest in ``negative_rank``.
+    with Q the first ``k1`` of the ranked ``candidates`` that are not in P.
 
     When an image has fewer than ``k1`` entries outside P, Q is all of them (``k1`` is clamped
-    per image to the number available, as the authors' sort-and-slice selection does): the
-    top-k runs over ``min(k1, Z)`` columns and the slots that fall on positives are dropped.
+    per image to the number available, as the authors' sort-and-slice selection does).
 
     Args:
         scores: (B, Z) ``s``, with gradient.
         positives: P, a :class:`ProxySet` over the Z columns.
-        negative_rank: (B, Z) finite similarities that pick the hard negatives (no gradient).
+        candidates: (B, K) :func:`hard_negative_candidates` computed with P among its sets.
         k1: K1.
     """
-    neg_inf = float("-inf")
-    candidates = negative_rank.scatter(1, positives.index, neg_inf)
-    q_rank, q_index = candidates.topk(min(k1, scores.shape[1]), dim=1)
-    # Ranks are finite, so a slot holds -inf only when it fell on a positive (negatives ran out).
-    valid = torch.cat([positives.valid, q_rank != neg_inf], dim=1)
-    logits = scores.gather(1, torch.cat([positives.index, q_index], dim=1)).masked_fill(~valid, neg_inf)
+    in_positives = ((candidates.unsqueeze(2) == positives.index.unsqueeze(1))
+                    & positives.valid.unsqueeze(1)).any(dim=2)
+    outside = ~in_positives
+    # Q: the candidates outside P whose rank among those is at most K1.
+    q_valid = outside & (outside.cumsum(dim=1) <= k1)
+    valid = torch.cat([positives.valid, q_valid], dim=1)
+    logits = scores.gather(1, torch.cat([positives.index, candidates], dim=1)).masked_fill(~valid, float("-inf"))
     num_pos = positives.index.shape[1]
     mean_positive = logits[:, :num_pos].masked_fill(~positives.valid, 0.0).sum(dim=1) / positives.size()
     return logits.logsumexp(dim=1) - mean_positive
 
 
-def cluster_proxy_table(proxy_cluster: torch.Tensor, num_clusters: int) -> ProxySet:
-    """(C, M) the proxies of every cluster, M = the most proxies of one cluster (at most the
-    number of cameras). Built once per epoch: it reads M back to the host."""
-    slot = occurrence_index(proxy_cluster)
+def group_table(proxy_group: torch.Tensor, num_groups: int) -> ProxySet:
+    """(G, M) the proxies of every group (cluster or camera) in ascending order, M = the most
+    proxies of one group. Slot 0 of a group with proxies is valid and pads its row; a group
+    without proxies has no valid slot. Built once per epoch: it reads M back to the host."""
+    slot = occurrence_index(proxy_group)
     width = int(slot.max()) + 1
-    index = torch.zeros(num_clusters, width, dtype=torch.long, device=proxy_cluster.device)
-    index[proxy_cluster, slot] = torch.arange(len(proxy_cluster), device=proxy_cluster.device)
-    valid = torch.zeros(num_clusters, width, dtype=torch.bool, device=proxy_cluster.device)
-    valid[proxy_cluster, slot] = True
+    index = torch.zeros(num_groups, width, dtype=torch.long, device=proxy_group.device)
+    index[proxy_group, slot] = torch.arange(len(proxy_group), device=proxy_group.device)
+    valid = torch.zeros(num_groups, width, dtype=torch.bool, device=proxy_group.device)
+    valid[proxy_group, slot] = True
     return ProxySet(torch.where(valid, index, index[:, :1]), valid)
 
 
@@ -105,19 +120,53 @@ def offline_positives(clusters: torch.Tensor, table: ProxySet) -> ProxySet:
 
     Args:
         clusters: (B,) ỹ.
-        table: :func:`cluster_proxy_table` of the epoch.
+        table: :func:`group_table` of the proxies by cluster.
     """
     return ProxySet(table.index[clusters], table.valid[clusters])
 
 
+class _ScoresAndQueries(torch.autograd.Function):
+    """``(features K^T, queries K^T)`` from one matmul, the gradient flowing to ``features``
+    only: the (Z, d) memory, whose reads dominate a step at d = 2048, is read once for both."""
+
+    @staticmethod
+    def forward(ctx, features, queries, memory):
+        ctx.save_for_backward(memory)
+        products = torch.cat([features, queries]) @ memory.t()
+        similarities = products[len(features):]
+        ctx.mark_non_differentiable(similarities)
+        return products[:len(features)], similarities
+
+    @staticmethod
+    def backward(ctx, grad_scores, grad_queries):
+        memory, = ctx.saved_tensors
+        return grad_scores @ memory, None, None
+
+
+def memory_scores(features: torch.Tensor, memory: torch.Tensor, temp: float,
+                 queries: Optional[torch.Tensor] = None):
+    """The scores ``s = f K^T / tau`` (B, M) against a memory (proxies K' or clusters K), with
+    gradient with respect to ``f``; with
+    ``queries`` (Q, d), also their similarities ``queries K^T`` (Q, M), without gradient,
+    from the same matmul.
+
+    Args:
+        features: (B, d) f.
+        memory: (M, d) K' or K (no gradient).
+        temp: tau (0.07).
+        queries: e.g. :func:`balanced_query`.
+    """
+    # Scaling the (B, d) features is cheaper than scaling the (B, Z) scores.
+    if queries is None:
+        return (features / temp) @ memory.t()
+    return _ScoresAndQueries.apply(features / temp, queries.detach(), memory.detach())
+
+
 @torch.no_grad()
-def balanced_similarity(features: torch.Tensor, memory: torch.Tensor, proxies: torch.Tensor,
-                        weight: float) -> torch.Tensor:
-    """The instance-proxy balanced similarity of Eq. 5 to every proxy j, (B, Z), no gradient:
-
-    ``b_j = w f·K'[j] + (1-w) K'[z̃]·K'[j]``.
-
-    Both terms are linear in K'[j], so it is one matmul: ``(w f + (1-w) K'[z̃]) K'^T``.
+def balanced_query(features: torch.Tensor, memory: torch.Tensor, proxies: torch.Tensor,
+                   weight: float) -> torch.Tensor:
+    """(B, d) the query whose similarity to K'[j] is the instance-proxy balanced similarity of
+    Eq. 5, ``b_j = w f·K'[j] + (1-w) K'[z̃]·K'[j] = (w f + (1-w) K'[z̃])·K'[j]``, no gradient.
 
     Args:
         features: (B, d) f.
@@ -125,13 +174,11 @@ def balanced_similarity(features: torch.Tensor, memory: torch.Tensor, proxies: t
         proxies: (B,) z̃, the image's own proxy.
         weight: w (0.15).
     """
-    query = weight * features.detach().to(memory.dtype) + (1.0 - weight) * memory[proxies]
-    return query @ memory.t()
+    return weight * features.detach().to(memory.dtype) + (1.0 - weight) * memory[proxies]
 
 
 @torch.no_grad()
-def online_positives(balanced: torch.Tensor, proxy_cam: torch.Tensor, num_cams: int,
-                     k2: int) -> ProxySet:
+def online_positives(balanced: torch.Tensor, camera_table: ProxySet, k2: int) -> ProxySet:
     """P2 of Eq. 6, by the camera-aware nearest-neighbour criterion: in every camera the proxy
     with the highest balanced similarity (the lowest index on a tie), then the K2 highest of
     these per-camera winners, best first.
@@ -140,19 +187,16 @@ def online_positives(balanced: torch.Tensor, proxy_cam: torch.Tensor, num_cams: 
     proxy per camera that has any.
 
     Args:
-        balanced: (B, Z) b of :func:`balanced_similarity`.
-        proxy_cam: (Z,) camera of each proxy, in [0, num_cams).
-        num_cams: number of cameras.
+        balanced: (B, Z) b of Eq. 5 (:func:`balanced_query` against K').
+        camera_table: :func:`group_table` of the proxies by camera.
         k2: K2 (3 Market-1501 / MSMT17, 2 DukeMTMC-reID, 8 VeRi-776).
     """
-    batch, num_proxies = balanced.shape
-    cam_index = proxy_cam.unsqueeze(0).expand(batch, num_proxies)
-    best = balanced.new_full((batch, num_cams), float("-inf")).scatter_reduce(
-        1, cam_index, balanced, reduce="amax")
-    is_best = balanced == best.gather(1, cam_index)
-    proxy_ids = torch.arange(num_proxies, device=balanced.device).expand(batch, num_proxies)
-    winner = torch.full((batch, num_cams), num_proxies, device=balanced.device).scatter_reduce(
-        1, cam_index, torch.where(is_best, proxy_ids, num_proxies), reduce="amin")
+    batch = balanced.shape[0]
+    num_cams, width = camera_table.index.shape
+    # (B, cameras, proxies of the camera); padding can never win.
+    per_camera = balanced.index_select(1, camera_table.index.flatten()).view(batch, num_cams, width)
+    best, slot = per_camera.masked_fill(~camera_table.valid, float("-inf")).max(dim=2)
+    winner = camera_table.index.gather(1, slot.t()).t()
     top_value, top_cam = best.topk(min(k2, num_cams), dim=1)
     # Slot 0 is the best camera overall, which has proxies; empty cameras come last.
     valid = top_value != float("-inf")
@@ -169,43 +213,45 @@ def merged_positives(offline: ProxySet, online: ProxySet, clusters: torch.Tensor
     return ProxySet(index, torch.cat([offline.valid, new_online], dim=1))
 
 
-def offline_loss(scores: torch.Tensor, offline: ProxySet, k1: int) -> torch.Tensor:
+def offline_loss(scores: torch.Tensor, offline: ProxySet, candidates: torch.Tensor, k1: int) -> torch.Tensor:
     """L_off, Eq. 4, per image: P1 = the proxies of the image's cluster
     (:func:`offline_positives`), Q1 = the K1 proxies outside P1 with the highest ``s``.
 
     Args:
         scores: (B, Z) ``f K'^T / tau``.
         offline: P1.
+        candidates: :func:`hard_negative_candidates` of ``scores.detach()`` (with P1).
         k1: K1 (50).
     """
-    return contrast_with_hard_negatives(scores, offline, scores.detach(), k1)
+    return contrast_with_hard_negatives(scores, offline, candidates, k1)
 
 
-def online_loss(scores: torch.Tensor, online: ProxySet, negative_rank: torch.Tensor,
-                k1: int) -> torch.Tensor:
+def online_loss(scores: torch.Tensor, online: ProxySet, candidates: torch.Tensor, k1: int) -> torch.Tensor:
     """L_on, Eq. 6, per image: P2 from :func:`online_positives`, Q2 = the K1 proxies outside
-    P2 ranking highest in ``negative_rank``: ``s`` for the ``instance`` choice (the paper's
-    Table III best row), the balanced similarity b for ``balanced`` (the authors' code).
+    P2 ranking highest in the similarity of ``candidates``: ``s`` for the ``instance`` choice
+    (the paper's Table III best row), the balanced similarity b for ``balanced`` (the authors'
+    code).
 
     Args:
         scores: (B, Z) ``f K'^T / tau``.
         online: P2.
-        negative_rank: (B, Z) ``scores.detach()`` or b.
+        candidates: :func:`hard_negative_candidates` of ``scores.detach()`` or b (with P2).
         k1: K1.
     """
-    return contrast_with_hard_negatives(scores, online, negative_rank, k1)
+    return contrast_with_hard_negatives(scores, online, candidates, k1)
 
 
-def merge_loss(scores: torch.Tensor, merged: ProxySet, k1: int) -> torch.Tensor:
+def merge_loss(scores: torch.Tensor, merged: ProxySet, candidates: torch.Tensor, k1: int) -> torch.Tensor:
     """L_merge, Eq. 8 (variant O2CAP3), per image: P3 = P1 ∪ P2 (:func:`merged_positives`) and
     Q3 = the K1 proxies outside P3 with the highest ``s`` ("K1-nearest", as Q1 is chosen).
 
     Args:
         scores: (B, Z) ``f K'^T / tau``.
         merged: P3.
+        candidates: :func:`hard_negative_candidates` of ``scores.detach()`` (with P3).
         k1: K1.
     """
-    return contrast_with_hard_negatives(scores, merged, scores.detach(), k1)
+    return contrast_with_hard_negatives(scores, merged, candidates, k1)
 
 
 def intra_loss(scores: torch.Tensor, proxies: torch.Tensor, cams: torch.Tensor,
@@ -245,7 +291,8 @@ def base2_loss(cluster_scores: torch.Tensor, clusters: torch.Tensor, k1: int) ->
         k1: K1.
     """
     own = ProxySet(clusters.unsqueeze(1), torch.ones_like(clusters, dtype=torch.bool).unsqueeze(1))
-    return contrast_with_hard_negatives(cluster_scores, own, cluster_scores.detach(), k1)
+    return contrast_with_hard_negatives(cluster_scores, own,
+                                        hard_negative_candidates(cluster_scores.detach(), k1, own), k1)
 
 
 @torch.no_grad()
