@@ -183,7 +183,7 @@ def test_single_proxy_cluster_offline_loss():
     assert loss.item() == pytest.approx(expected)
 
 
-def test_balanced_similarity_known_case():
+def test_balanced_query_known_case():
     """b_j = w f·K'[j] + (1-w) K'[z̃]·K'[j] with orthonormal proxies."""
     memory = torch.eye(3)
     f = torch.tensor([[0.6, 0.8, 0.0]])
