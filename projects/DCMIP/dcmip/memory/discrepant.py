@@ -38,7 +38,7 @@ class DiscrepantProxyMemory(MemoryHead):
         if self.update_rule not in PROXY_A_UPDATES:
             raise ValueError(f"UNSUP.MEMORY.UPDATE={self.update_rule!r}; choose one of {PROXY_A_UPDATES}")
         self.margin = cfg.UNSUP.DCMIP.MARGIN
-        if not self.margin >= 0:
+        if not isinstance(self.margin, (int, float)) or self.margin < 0:
             raise ValueError(f"UNSUP.DCMIP.MARGIN={self.margin!r}; must be a number >= 0")
         self.per_cluster = cfg.UNSUP.DCMIP.INSTANCES_PER_CLUSTER
         if not isinstance(self.per_cluster, int) or self.per_cluster < 1:
