@@ -7,7 +7,9 @@ image its identity's centre plus Gaussian noise of a random strength, and 5% dis
 = 20); then for the O2CAP setting (k1 20, k2 6, eps 0.5) and the DCMIP one (k1 30, k2 6,
 eps 0.6) the post-kNN work is timed: Jaccard distance, DBSCAN, and their sum, which is what
 users wait for each epoch beyond the kNN. "extra peak" is the growth of the process's peak
-resident memory during that post-kNN work (Linux VmHWM, reset before it).
+resident memory during that post-kNN work (Linux VmHWM, reset before it). "load" is the
+machine's 1-minute load average after the row: above the 2 cores, other processes were
+taking CPU time from the measurement.
 
 With --dense-check-max N (default 13,000), sizes up to N are also clustered by the dense
 reference of tests/test_clustering.py (the authors' algorithm with dense N×N matrices) on the
@@ -98,7 +100,7 @@ def run_size(n: int, dense_check_max: int, method: str):
         rows.append([f"{n:,}", f"{name} ({k1}, {k2}, {eps})", f"{knn_s:.1f}",
                      f"{mid - start:.2f}", f"{stop - mid:.2f}", f"{stop - start:.2f}",
                      f"{extra_mib:,.0f}", scores["clusters"], f"{scores['outlier_fraction']:.1%}",
-                     f"{scores['nmi']:.3f}", identical])
+                     f"{scores['nmi']:.3f}", identical, f"{os.getloadavg()[0]:.1f}"])
         print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
         gc.collect()
     return rows
@@ -125,7 +127,7 @@ def compare_with_dense(features, rank, k1, k2, eps, jac, labels) -> str:
 
 
 HEADERS = ["N", "setting (k1, k2, eps)", "kNN s", "Jaccard s", "DBSCAN s", "post-kNN s",
-           "extra peak MiB", "clusters", "outliers", "NMI", "labels = dense"]
+           "extra peak MiB", "clusters", "outliers", "NMI", "labels = dense", "load"]
 
 
 def machine() -> str:
@@ -137,8 +139,8 @@ def machine() -> str:
         pass
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
     return (f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM; {torch.get_num_threads()} "
-            f"torch / faiss threads; Python {platform.python_version()}, torch {torch.__version__}, "
-            f"faiss {faiss.__version__}, numpy {np.__version__}, scipy {scipy.__version__}, "
+            f"torch / faiss threads; Python {platform.python_version()}, "
+            f"torch {torch.__version__}, faiss {faiss.__version__}, numpy {np.__version__}, scipy {scipy.__version__}, "
             f"scikit-learn {sklearn.__version__}")
 
 
