@@ -76,6 +76,18 @@ class ClusteringHook(HookBase):
         trainer.set_data_loader(self._loader(epoch))
         self._log(epoch, labels, extract_time, cluster_time)
 
+    def after_epoch(self):
+        """Log the memory head's statistics of the epoch (e.g. O2CAP's Fig. 5 association
+        statistics), averaged over ranks."""
+        per_rank = comm.all_gather(self.trainer.unwrapped_model.memory.epoch_statistics())
+        keys = sorted({k for s in per_rank for k in s})
+        if not keys:
+            return
+        stats = {k: float(np.mean([s[k] for s in per_rank if k in s])) for k in keys}
+        logger.info(f"epoch {self.trainer.epoch} memory statistics: "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in stats.items()))
+        self.trainer.storage.put_scalars(**{f"memory/{k}": v for k, v in stats.items()}, smoothing_hint=False)
+
     def _pseudo_labels(self, epoch, labels, features, teacher_features) -> PseudoLabels:
         kept = torch.nonzero(labels >= 0).squeeze(1)
         num_clusters = int(labels.max()) + 1 if len(kept) else 0

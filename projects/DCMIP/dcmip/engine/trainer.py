@@ -163,7 +163,9 @@ class UnsupervisedTrainer(DefaultTrainer):
     def build_hooks(self):
         cfg = self.cfg
         ret = [
-            hooks.IterationTimer(),
+            # fastreid's default skips 3 steps, leaving no timing (and its printer dividing by
+            # zero) when a resumed run's first write comes sooner.
+            hooks.IterationTimer(warmup_iter=1),
             StageLRScheduler(cfg, self.optimizer),
             ClusteringHook(cfg, self.train_items),
             EpochEvalHook(cfg.TEST.EVAL_PERIOD, self.evaluate),

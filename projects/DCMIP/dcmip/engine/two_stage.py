@@ -65,9 +65,9 @@ class TwoStageTrainer(UnsupervisedTrainer):
                     f"{self.best_metric:.2f}); EMA teacher initialised from it")
 
     def evaluate(self):
-        student = self.test(self.cfg, self.unwrapped_model)
+        student = super().evaluate()
+        self.best_network = "student"
         if self.stage(self.epoch) == 1:
-            self.best_network = "student"
             return student
         teacher = self.test(self.cfg, self.teacher)
         logger.info(f"epoch {self.epoch}: student metric {student['metric']:.2f}, "
@@ -75,7 +75,8 @@ class TwoStageTrainer(UnsupervisedTrainer):
         self.storage.put_scalars(**{f"teacher/{k}": float(v) for k, v in teacher.items()
                                     if isinstance(v, (int, float))}, smoothing_hint=False)
         self.best_network = "teacher" if teacher["metric"] > student["metric"] else "student"
-        return teacher if self.best_network == "teacher" else student
+        self._last_eval_results = teacher if self.best_network == "teacher" else student
+        return self._last_eval_results
 
     def best_state_dict(self):
         return (self.teacher if getattr(self, "best_network", "student") == "teacher"

@@ -20,6 +20,12 @@ class UnsupEmbeddingHead(EmbeddingHead):
     """fastreid's ``EmbeddingHead`` (pooling, BN neck with frozen bias) without its classifier:
     with pseudo labels that change every epoch, the memory head scores the embedding instead."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The classifier weight would be a parameter that never gets a gradient, which DDP
+        # rejects.
+        del self.weight
+
     def reset_parameters(self) -> None:
         self.bottleneck.apply(weights_init_kaiming)
 

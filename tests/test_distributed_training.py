@@ -1,0 +1,111 @@
+"""Two gloo processes (METHODS §5): after every step both ranks hold identical parameters and
+memories, and the memory update is the single-process update of the global batch in order."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+WORLD = 2
+STEPS = 3
+GLOBAL_BATCH = 8
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cfg(memory_name):
+    import dcmip  # noqa: F401
+    from dcmip.config import add_dcmip_config
+    from fastreid.config import get_cfg
+
+    cfg = get_cfg()
+    add_dcmip_config(cfg)
+    cfg.merge_from_list(["MODEL.META_ARCHITECTURE", "UnsupervisedReID", "MODEL.DEVICE", "cpu",
+                         "MODEL.BACKBONE.NAME", "build_mobilenetv2_backbone", "MODEL.BACKBONE.DEPTH", "0.35x",
+                         "MODEL.BACKBONE.FEAT_DIM", "1280", "MODEL.BACKBONE.PRETRAIN", "False",
+                         "MODEL.HEADS.NAME", "UnsupEmbeddingHead", "MODEL.HEADS.WITH_BNNECK", "True",
+                         "MODEL.HEADS.NECK_FEAT", "after", "UNSUP.MEMORY.NAME", memory_name,
+                         "SOLVER.OPT", "Adam", "SOLVER.BASE_LR", "0.001"])
+    return cfg
+
+
+def _worker(rank, port, memory_name, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=WORLD, rank=rank)
+    torch.set_num_threads(1)
+    from fastreid.utils import comm
+    from torch.nn.parallel import DistributedDataParallel
+
+    from dcmip.engine.trainer import UnsupervisedTrainer
+    from dcmip.structures import PseudoLabels
+
+    comm._LOCAL_PROCESS_GROUP = dist.new_group([0, 1])
+    cfg = _cfg(memory_name)
+    torch.manual_seed(0)  # same initial parameters on every rank
+    model = UnsupervisedTrainer.build_model(cfg)
+    optimizer, _ = UnsupervisedTrainer.build_optimizer(cfg, model)
+    g = torch.Generator().manual_seed(1)
+    n, d = 24, 1280
+    clusters = torch.arange(n) % 4
+    cams = (torch.arange(n) // 4) % 3
+    proxies = clusters * 3 + cams
+    _, proxies = torch.unique(proxies, return_inverse=True)
+    pseudo = PseudoLabels(features=F.normalize(torch.randn(n, d, generator=g), dim=1), clusters=clusters,
+                          cams=cams, proxies=proxies, indices=torch.arange(n))
+    model.memory.reset(pseudo)
+    ddp = DistributedDataParallel(model, broadcast_buffers=False)
+    local = GLOBAL_BATCH // WORLD
+    history = []
+    for step in range(STEPS):
+        # Every rank draws the same global batch and keeps its contiguous slice (dcmip.sampling).
+        rows = torch.randint(0, n, (GLOBAL_BATCH,), generator=g)
+        images = torch.rand(GLOBAL_BATCH, 3, 64, 32, generator=g) * 255
+        sl = slice(rank * local, (rank + 1) * local)
+        batch = {"images": images[sl], "clusters": clusters[rows][sl], "proxies": proxies[rows][sl],
+                 "camids": cams[rows][sl], "index": rows[sl],
+                 "multiplicity": {"clusters": GLOBAL_BATCH, "proxies": GLOBAL_BATCH}}
+        losses = ddp(batch)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        memory_before = {k: v.clone() for k, v in model.memory.named_buffers()}
+        local_features = model._pending[0].clone()
+        model.update_memory()
+        history.append({"memory_before": memory_before, "features": local_features, "rows": rows,
+                        "memory": {k: v.clone() for k, v in model.memory.named_buffers()},
+                        "params": [p.detach().clone() for p in model.parameters()]})
+    torch.save(history, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("memory_name", ["ClusterMemory", "CameraAwareProxyMemory"])
+def test_ranks_stay_identical_and_match_single_process_updates(tmp_path, memory_name):
+    mp.spawn(_worker, args=(_free_port(), memory_name, str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    for step in range(STEPS):
+        a, b = ranks[0][step], ranks[1][step]
+        for pa, pb in zip(a["params"], b["params"]):
+            torch.testing.assert_close(pa, pb, atol=0, rtol=0)
+        for name in a["memory"]:
+            if name.startswith("statistic"):  # per-rank association statistics, not memory
+                continue
+            torch.testing.assert_close(a["memory"][name], b["memory"][name], atol=0, rtol=0)
+
+    # The update of the cluster memory equals the single-process sequential update of the
+    # global batch (rank 0's slice, then rank 1's).
+    if memory_name == "ClusterMemory":
+        from dcmip.memory.updates import sequential_momentum_update_
+
+        clusters = torch.arange(24) % 4
+        for step in range(STEPS):
+            features = torch.cat([ranks[r][step]["features"] for r in range(WORLD)])
+            expected = ranks[0][step]["memory_before"]["memory"].clone()
+            sequential_momentum_update_(expected, features, clusters[ranks[0][step]["rows"]], 0.1)
+            torch.testing.assert_close(ranks[0][step]["memory"]["memory"], expected)
