@@ -21,6 +21,7 @@ class PseudoLabels:
         indices: (N,) index of the image in the full train set.
         teacher_features: (N, d) epoch-start features of the EMA teacher (DCMIP stage 2), or None.
         true_ids: (N,) ground-truth identities when the dataset has them; statistics only.
+        epoch: the epoch these labels were made for (seeds per-epoch random draws).
     """
     features: torch.Tensor
     clusters: torch.Tensor
@@ -29,6 +30,7 @@ class PseudoLabels:
     indices: torch.Tensor
     teacher_features: Optional[torch.Tensor] = None
     true_ids: Optional[torch.Tensor] = None
+    epoch: int = 0
 
     @property
     def num_clusters(self) -> int:

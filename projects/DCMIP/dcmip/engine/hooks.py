@@ -108,6 +108,7 @@ class ClusteringHook(HookBase):
             indices=kept,
             teacher_features=teacher_features[kept.to(device)] if teacher_features is not None else None,
             true_ids=self.true_ids[kept] if self.true_ids is not None else None,
+            epoch=epoch,
         )
 
     def _loader(self, epoch):

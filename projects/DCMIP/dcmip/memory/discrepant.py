@@ -62,7 +62,7 @@ class DiscrepantProxyMemory(MemoryHead):
         return self.instance_buffer[:-1]
 
     def _generator_on(self, device: torch.device) -> torch.Generator:
-        """The head's generator, seeded once from ``UNSUP.SEED`` on the memory's device."""
+        """The head's generator on the memory's device (seeded by :meth:`reset`)."""
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device).manual_seed(self.seed)
         return self._generator
@@ -70,6 +70,9 @@ class DiscrepantProxyMemory(MemoryHead):
     @torch.no_grad()
     def reset(self, pseudo: PseudoLabels) -> None:
         device = self.proxies.device
+        # Reseeded from (UNSUP.SEED, epoch) every epoch: every DDP rank draws the same, and a
+        # resumed run draws what the uninterrupted run drew.
+        self._generator_on(device).manual_seed(self.seed * 1_000_003 + pseudo.epoch)
         self.num_clusters = pseudo.num_clusters
         clusters = pseudo.clusters.to(device)
         centroids = normalized_centroids(pseudo.features.float().to(device), clusters, self.num_clusters)
