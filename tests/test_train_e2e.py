@@ -74,3 +74,16 @@ def test_unknown_method_name_lists_the_choices(workspace):
     assert proc.returncode != 0
     assert "UNSUP.MEMORY.NAME" in proc.stderr and "ClusterMemory" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_o2cap_config_trains_and_logs_association_statistics(workspace):
+    root, weights = workspace
+    o2cap = os.path.join(ROOT, "configs", "O2CAP", "demo_cpu.yml")
+    args = tiny(root, weights, "SOLVER.WARMUP_ITERS", "2")
+    args[1] = o2cap
+    args[args.index("OUTPUT_DIR") + 1] = str(root / "o2cap")
+    out = run(args, root)
+    log = out.stdout + out.stderr
+    assert "loss_offline" in log and "loss_online" in log
+    assert "memory statistics: association/" in log
+    assert (root / "o2cap" / "model_final.pth").is_file()
