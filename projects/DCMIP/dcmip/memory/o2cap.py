@@ -32,9 +32,9 @@ ASSOCIATION_STATISTICS = ("iou", "precision_offline", "precision_online", "preci
 class ProxySet(NamedTuple):
     """One set of proxies (or clusters) per row, padded to a common width M.
 
-    ``index`` (R, M) holds the members in the slots where ``valid`` (R, M) is True. Slot 0 is
-    always valid and every invalid slot repeats the index of slot 0, so scattering over
-    ``index`` only ever touches members; members are distinct across valid slots.
+    ``index`` (R, M) holds the members, distinct, in the slots where ``valid`` (R, M) is True.
+    In a row with members slot 0 is valid and every invalid slot repeats its index, so every
+    index is in range. The positive sets of the losses always have members.
     """
     index: torch.Tensor
     valid: torch.Tensor
