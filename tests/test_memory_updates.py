@@ -53,6 +53,65 @@ def test_sequential_update_with_a_host_side_round_bound():
     torch.testing.assert_close(memory, expected, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("entries", [16, 700])
+@pytest.mark.parametrize("seed", range(3))
+def test_sequential_update_with_heavy_multiplicity(seed, entries):
+    """256 rows over 16 labels (every label ~16 times) and over 700 labels (mostly once)."""
+    g = torch.Generator().manual_seed(100 + seed)
+    memory = F.normalize(torch.randn(entries, 8, generator=g, dtype=torch.float64), dim=1)
+    features = F.normalize(torch.randn(256, 8, generator=g, dtype=torch.float64), dim=1)
+    labels = torch.randint(0, entries, (256,), generator=g)
+    expected = naive_sequential(memory, features, labels, 0.2)
+    sequential_momentum_update_(memory, features, labels, 0.2)
+    torch.testing.assert_close(memory, expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("extra", [1, 50, 300])
+def test_sequential_update_with_far_more_rounds_than_needed(extra):
+    """A P x K batch (16 labels x 16 images, shuffled) with rounds well above K, even above B."""
+    g = torch.Generator().manual_seed(extra)
+    memory = F.normalize(torch.randn(40, 8, generator=g, dtype=torch.float64), dim=1)
+    features = F.normalize(torch.randn(256, 8, generator=g, dtype=torch.float64), dim=1)
+    labels = torch.randperm(40, generator=g)[:16].repeat_interleave(16)[torch.randperm(256, generator=g)]
+    expected = naive_sequential(memory, features, labels, 0.3)
+    sequential_momentum_update_(memory, features, labels, 0.3, rounds=16 + extra)
+    torch.testing.assert_close(memory, expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("rounds", [None, 37, 60])
+def test_sequential_update_with_a_single_label_repeated(rounds):
+    """Every row carries label 2: round r's window is a single slot, the last one row n - 1."""
+    g = torch.Generator().manual_seed(7)
+    memory = F.normalize(torch.randn(5, 8, generator=g, dtype=torch.float64), dim=1)
+    features = F.normalize(torch.randn(37, 8, generator=g, dtype=torch.float64), dim=1)
+    labels = torch.full((37,), 2)
+    expected = naive_sequential(memory, features, labels, 0.2)
+    sequential_momentum_update_(memory, features, labels, 0.2, rounds=rounds)
+    torch.testing.assert_close(memory, expected, atol=1e-12, rtol=0)
+
+
+def test_sequential_update_with_mixed_multiplicities():
+    """Labels occurring 1..8 times, so later rounds' windows run past their rows and past n."""
+    g = torch.Generator().manual_seed(3)
+    labels = torch.cat([torch.full((k,), k) for k in range(1, 9)])[torch.randperm(36, generator=g)]
+    memory = F.normalize(torch.randn(9, 8, generator=g, dtype=torch.float64), dim=1)
+    features = F.normalize(torch.randn(36, 8, generator=g, dtype=torch.float64), dim=1)
+    expected = naive_sequential(memory, features, labels, 0.4)
+    for rounds in (None, 8, 12):
+        out = memory.clone()
+        sequential_momentum_update_(out, features, labels, 0.4, rounds=rounds)
+        torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("rounds", [None, 0, 4])
+def test_sequential_update_of_an_empty_batch(rounds):
+    memory = F.normalize(torch.randn(3, 4, dtype=torch.float64), dim=1)
+    before = memory.clone()
+    sequential_momentum_update_(memory, torch.empty(0, 4, dtype=torch.float64),
+                                torch.empty(0, dtype=torch.long), 0.2, rounds=rounds)
+    assert torch.equal(memory, before)
+
+
 def test_sequential_update_known_case():
     """Two images of entry 0 with m = 0.5: the second moves the entry the first produced."""
     memory = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)

@@ -5,7 +5,8 @@ that the previous image of the same label already moved. Because of the normalis
 no closed form, but it decomposes exactly into rounds: round r applies the r-th occurrence of
 every label at once (labels are unique inside a round). The number of rounds is the largest
 label multiplicity of the batch (K for a P x K sampler), so a step runs K vectorised rounds
-instead of B per-image updates.
+instead of B per-image updates. Round r only touches the rows whose occurrence index is r, and
+at most B / (r + 1) rows can have it, so each round works on a window of that many rows.
 """
 from typing import Optional
 
@@ -44,16 +45,34 @@ def sequential_momentum_update_(memory: torch.Tensor, features: torch.Tensor, la
             rounds are no-ops.
     """
     occ = occurrence_index(labels)
+    n = occ.numel()
     if rounds is None:
-        rounds = int(occ.max()) + 1 if occ.numel() else 0
+        rounds = int(occ.max()) + 1 if n else 0
     features = features.to(memory.dtype)
+    # Rows sorted (stably) by occurrence index: the rows of round r are the contiguous run
+    # order[first[r]:first[r + 1]]. Each label occurring more than r times owns r + 1 distinct
+    # rows, so at most n // (r + 1) labels do, and the run has at most that many rows: round r
+    # reads a window of n // (r + 1) slots from first[r]. first[r] stays a device tensor (no
+    # sync); slots past the run hold rows of later rounds, slots past n are clamped to row
+    # n - 1, and both are masked out. For r beyond the true multiplicity first[r] = n and the
+    # whole window is masked, so extra rounds are no-ops.
+    order = torch.argsort(occ, stable=True)
+    first = torch.searchsorted(occ[order], torch.arange(rounds, device=labels.device))
+    pos = torch.arange(n, device=labels.device)
     for r in range(rounds):
-        # Only the r-th occurrence of each label moves its entry; the others add an exact zero,
-        # which keeps the write deterministic under index_add_'s duplicate indices.
-        active = (occ == r).unsqueeze(1).to(memory.dtype)
-        current = memory[labels]
-        updated = F.normalize(momentum * current + (1.0 - momentum) * features, dim=1)
-        memory.index_add_(0, labels, (updated - current) * active)
+        width = n // (r + 1)
+        if width == 0:
+            break
+        slots = first[r] + pos[:width]
+        window = order[slots.clamp_max(n - 1)]
+        # Only the r-th occurrence of each label moves its entry; the other rows of the window
+        # add an exact zero, which keeps the write deterministic under index_add_'s duplicate
+        # indices.
+        active = ((occ[window] == r) & (slots < n)).unsqueeze(1).to(memory.dtype)
+        rows = labels[window]
+        current = memory[rows]
+        updated = F.normalize(momentum * current + (1.0 - momentum) * features[window], dim=1)
+        memory.index_add_(0, rows, (updated - current) * active)
     return memory
 
 
