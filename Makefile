@@ -32,7 +32,7 @@ demo-data: $(STAMP)
 # Unsupervised training on the generated demo data; prints the result table of the initial
 # (ImageNet) weights and of the trained model.
 demo: $(WEIGHTS) demo-data
-	$(BIN)/python tools/demo.py --config-file configs/O2CAP/demo_cpu.yml
+	$(BIN)/python tools/demo.py --config-file configs/O2CAP/demo_cpu.yml --report docs/results/demo.md
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
