@@ -87,3 +87,16 @@ def test_o2cap_config_trains_and_logs_association_statistics(workspace):
     assert "loss_offline" in log and "loss_online" in log
     assert "memory statistics: association/" in log
     assert (root / "o2cap" / "model_final.pth").is_file()
+
+
+def test_two_processes_through_fastreids_launcher_on_cpu(workspace):
+    """`--num-gpus 2` without GPUs: the compat launcher starts two gloo processes; DCMIP's two
+    stages (checkpoint hand-over between ranks, teacher evaluation) run under it."""
+    root, weights = workspace
+    args = tiny(root, weights, "UNSUP.DCMIP.STAGE1_EPOCHS", "1", "UNSUP.SAMPLER.NUM_INSTANCES", "4")
+    args[1] = os.path.join(ROOT, "configs", "DCMIP", "demo_cpu.yml")
+    args[args.index("OUTPUT_DIR") + 1] = str(root / "ddp")
+    out = run(["--num-gpus", "2", *args], root)
+    log = out.stdout + out.stderr
+    assert "World size: 2" in log and "epoch 1 clustering: clusters" in log and "teacher metric" in log
+    assert (root / "ddp" / "model_final.pth").is_file()

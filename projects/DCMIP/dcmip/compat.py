@@ -114,10 +114,15 @@ def apply_fastreid_compat():
         return
     _patch_imports()
 
-    import fastreid.data.build as data_build
-    import fastreid.engine.launch as launch
+    import fastreid.data.build  # noqa: F401
+    import fastreid.engine.launch  # noqa: F401
+    import fastreid.evaluation.reid_evaluation  # noqa: F401
 
-    import fastreid.evaluation.reid_evaluation as reid_evaluation
+    # Through sys.modules: `fastreid.engine.launch` as an attribute is the launch *function*
+    # (fastreid.engine re-exports it), not the module.
+    data_build = sys.modules["fastreid.data.build"]
+    launch = sys.modules["fastreid.engine.launch"]
+    reid_evaluation = sys.modules["fastreid.evaluation.reid_evaluation"]
 
     data_build.DataLoaderX = data_loader_x
     launch._distributed_worker = distributed_worker

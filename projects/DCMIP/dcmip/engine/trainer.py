@@ -213,9 +213,11 @@ class EpochEvalHook(HookBase):
         epoch = self.trainer.epoch
         if (self.period > 0 and (epoch + 1) % self.period == 0) or epoch + 1 == self.trainer.max_epoch:
             results = self.evaluate()
-            self.trainer.last_eval = (epoch, float(results["metric"]))
-            self.trainer.storage.put_scalars(**{k: float(v) for k, v in results.items()
-                                                if isinstance(v, (int, float))}, smoothing_hint=False)
+            # fastreid's evaluator returns the metrics on the main process only.
+            if comm.is_main_process():
+                self.trainer.last_eval = (epoch, float(results["metric"]))
+                self.trainer.storage.put_scalars(**{k: float(v) for k, v in results.items()
+                                                    if isinstance(v, (int, float))}, smoothing_hint=False)
             comm.synchronize()
 
 

@@ -49,6 +49,7 @@ class TwoStageTrainer(UnsupervisedTrainer):
         super().before_epoch()
 
     def _start_stage2(self):
+        comm.synchronize()  # the main process has written stage 1's checkpoints
         best = os.path.join(self.cfg.OUTPUT_DIR, "model_best.pth")
         if not os.path.isfile(best):
             raise RuntimeError(f"epoch {self.epoch}: stage 2 starts from stage 1's best checkpoint, but "
@@ -69,7 +70,9 @@ class TwoStageTrainer(UnsupervisedTrainer):
         self.best_network = "student"
         if self.stage(self.epoch) == 1:
             return student
-        teacher = self.test(self.cfg, self.teacher)
+        teacher = self.test(self.cfg, self.teacher)  # every rank embeds its shard
+        if not comm.is_main_process():
+            return student
         logger.info(f"epoch {self.epoch}: student metric {student['metric']:.2f}, "
                     f"teacher metric {teacher['metric']:.2f}")
         self.storage.put_scalars(**{f"teacher/{k}": float(v) for k, v in teacher.items()
