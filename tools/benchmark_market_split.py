@@ -1,0 +1,259 @@
+#!/usr/bin/env python
+"""Issue 6 benchmark: every method on the real Market-1501 split (MarketSplit) on CPU.
+
+    .venv/bin/python tools/benchmark_market_split.py --rows all            # run all rows, then assemble
+    .venv/bin/python tools/benchmark_market_split.py --rows o2cap,dcmip    # some rows (rows run on their own)
+    .venv/bin/python tools/benchmark_market_split.py --assemble            # table + plots from saved rows
+    .venv/bin/python tools/benchmark_market_split.py --rows zero-shot,o2cap --smoke   # tiny pipeline check
+
+Each row runs tools/train_net.py as a subprocess with OUTPUT_DIR <out>/<row> and saves
+<out>/<row>/row.json (final metrics, wall time, commit). --assemble (also done after runs) writes
+docs/results/market1501-split.md and docs/results/market1501-split-<row>.png. See
+docs/market_split_benchmark.md.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ROWS = {
+    # row: (config, extra args)
+    "zero-shot": ("configs/O2CAP/market_split_cpu.yml", ["--eval-only"]),
+    "cluster-contrast": ("configs/ClusterContrast/market_split_cpu.yml", []),
+    "baseline2": ("configs/O2CAP/market_split/baseline2.yml", []),
+    "cap4": ("configs/O2CAP/market_split/cap4.yml", []),
+    "o2cap3": ("configs/O2CAP/market_split/o2cap3.yml", []),
+    "o2cap": ("configs/O2CAP/market_split/o2cap.yml", []),
+    "dcmip": ("configs/DCMIP/market_split_cpu.yml", []),
+}
+LABELS = {"zero-shot": "ImageNet MobileNetV2 (zero-shot)", "cluster-contrast": "Cluster Contrast",
+          "baseline2": "O2CAP Baseline2", "cap4": "O2CAP CAP4 (L_off, PB sampling)",
+          "o2cap3": "O2CAP O2CAP3 (merged)", "o2cap": "O2CAP"}
+SMOKE_OPTS = ["UNSUP.ITERS", "2", "SOLVER.MAX_EPOCH", "1", "TEST.EVAL_PERIOD", "1", "SOLVER.WARMUP_ITERS", "0",
+              "SOLVER.STEPS", "(1,)", "TEST.IMS_PER_BATCH", "64"]
+SMOKE_DCMIP = ["SOLVER.MAX_EPOCH", "2", "UNSUP.DCMIP.STAGE1_EPOCHS", "1", "UNSUP.DCMIP.STAGE_LR_STEPS", "(1,)"]
+METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10")
+
+
+def commit():
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
+    except Exception:
+        return "unknown"
+
+
+def read_metrics(path):
+    out = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+    return out
+
+
+def load_cfg(config, opts):
+    sys.path.insert(0, os.path.join(ROOT, "projects", "DCMIP"))
+    import dcmip  # noqa: F401
+    from dcmip.engine.defaults import load_cfg as _load
+    return _load(argparse.Namespace(config_file=os.path.join(ROOT, config), opts=list(opts), eval_only=False))
+
+
+def profile_steps(config, opts, n):
+    """Seconds per step of backbone-only forward+backward on a random batch of IMS_PER_BATCH images.
+
+    Compared with the mean step time in metrics.json ("time": data loading excluded, loss, memory
+    update and optimizer included), 1 - backbone / step is the share of step time outside the backbone.
+    """
+    import torch
+    cfg = load_cfg(config, opts)
+    from dcmip.engine.trainer import UnsupervisedTrainer
+    model = UnsupervisedTrainer.build_model(cfg)
+    model.train()
+    h, w = cfg.INPUT.SIZE_TRAIN
+    x = torch.randn(cfg.SOLVER.IMS_PER_BATCH, 3, h, w)
+    times = []
+    for i in range(n + 1):
+        t = time.perf_counter()
+        f = model.backbone(x)
+        f.float().pow(2).mean().backward()
+        model.zero_grad(set_to_none=True)
+        if i:  # the first step warms up
+            times.append(time.perf_counter() - t)
+    return sum(times) / len(times)
+
+
+def run_row(row, out_root, smoke, profile_n, extra):
+    config, args = ROWS[row]
+    out = os.path.join(out_root, row)
+    os.makedirs(out, exist_ok=True)
+    opts = ["OUTPUT_DIR", out]
+    if smoke and row != "zero-shot":
+        opts += SMOKE_OPTS + (SMOKE_DCMIP if row == "dcmip" else [])
+    opts += extra
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config] + args + opts
+    print("+", " ".join(cmd), flush=True)
+    t0 = time.time()
+    rc = subprocess.call(cmd, cwd=ROOT)
+    wall = time.time() - t0
+    rec = {"row": row, "config": config, "command": " ".join(cmd[1:]), "rc": rc, "wall_s": round(wall, 1),
+           "commit": commit(), "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+                                          f"{os.cpu_count()} cores, torch threads from env",
+           "smoke": smoke, "opts": opts}
+    if rc == 0 and profile_n and row != "zero-shot":
+        rec["backbone_step_s"] = profile_steps(config, opts, profile_n)
+    with open(os.path.join(out, "row.json"), "w") as f:
+        json.dump(rec, f, indent=1)
+    print(f"[{row}] rc={rc} wall={wall:.0f}s -> {out}/row.json", flush=True)
+    return rc
+
+
+def evaluations(records, key="mAP"):
+    return [r for r in records if key in r]
+
+
+def row_results(out_root, row, ims_per_batch, iters, stage1_epochs=None):
+    """[(label, {metric: value}, extra)] for one saved row."""
+    path = os.path.join(out_root, row)
+    with open(os.path.join(path, "row.json")) as f:
+        rec = json.load(f)
+    records = read_metrics(os.path.join(path, "metrics.json"))
+    evals = evaluations(records)
+    steps = [r["time"] for r in records if "time" in r]
+    step_s = sum(steps) / len(steps) if steps else None
+    extra = {"wall_s": rec["wall_s"], "rc": rec["rc"],
+             "img_s": ims_per_batch / step_s if step_s else None, "step_s": step_s}
+    if step_s and rec.get("backbone_step_s"):
+        extra["outside_share"] = max(0.0, 1 - rec["backbone_step_s"] / step_s)
+    if not evals:
+        return rec, records, [(LABELS.get(row, row), {}, extra)]
+    if row != "dcmip":
+        return rec, records, [(LABELS.get(row, row), {k: evals[-1].get(k) for k in METRICS}, extra)]
+    stage1_end = stage1_epochs * iters
+    s1 = [r for r in evals if r.get("iteration", 0) < stage1_end and "teacher/mAP" not in r]
+    s2 = [r for r in evals if r.get("iteration", 0) >= stage1_end]
+    out = []
+    if s1:
+        best = max(s1, key=lambda r: r["mAP"])
+        out.append(("DCMIP stage 1 (best)", {k: best.get(k) for k in METRICS}, extra))
+    if s2:
+        last = s2[-1]
+        out.append(("DCMIP stage 2 student", {k: last.get(k) for k in METRICS}, extra))
+        tl = [r for r in s2 if "teacher/mAP" in r]
+        if tl:
+            out.append(("DCMIP stage 2 teacher", {k: tl[-1].get("teacher/" + k) for k in METRICS}, extra))
+    return rec, records, out or [("DCMIP", {}, extra)]
+
+
+def plot(records, iters, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, name in zip(axes, ("mAP", "cluster/clusters", "cluster/nmi"), ("mAP (%)", "clusters", "pseudo-label NMI")):
+        pts = [(r.get("iteration", 0) / iters, r[key]) for r in records if key in r]
+        if key == "mAP":
+            tp = [(r.get("iteration", 0) / iters, r["teacher/mAP"]) for r in records if "teacher/mAP" in r]
+            if tp:
+                ax.plot(*zip(*tp), "s--", label="teacher")
+        if pts:
+            ax.plot(*zip(*pts), "o-", label="student" if key == "mAP" else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        if key == "mAP" and ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def fmt(v, p=1):
+    return "–" if v is None else f"{v:.{p}f}"
+
+
+def assemble(out_root, doc, command):
+    doc_dir = os.path.dirname(os.path.abspath(doc))
+    os.makedirs(doc_dir, exist_ok=True)
+    stem = os.path.splitext(os.path.basename(doc))[0]
+    lines, images, commits, machines = [], [], set(), set()
+    for row in ROWS:
+        if not os.path.isfile(os.path.join(out_root, row, "row.json")):
+            continue
+        with open(os.path.join(out_root, row, "row.json")) as f:
+            rec = json.load(f)
+        cfg = load_cfg(rec["config"], rec["opts"])
+        iters = cfg.UNSUP.ITERS
+        rec, records, results = row_results(out_root, row, cfg.SOLVER.IMS_PER_BATCH, iters,
+                                            cfg.UNSUP.DCMIP.STAGE1_EPOCHS if row == "dcmip" else None)
+        commits.add(rec["commit"])
+        machines.add(rec["machine"])
+        for label, m, ex in results:
+            lines.append(f"| {label} | " + " | ".join(fmt(m.get(k)) for k in METRICS) +
+                         f" | {fmt(ex['img_s'])} | {fmt(100 * ex['outside_share']) if ex.get('outside_share') is not None else '–'}"
+                         f" | {ex['wall_s'] / 60:.1f} |" + (f" (rc {ex['rc']})" if ex["rc"] else ""))
+        if row != "zero-shot":
+            png = os.path.join(doc_dir, f"{stem}-{row}.png")
+            ex = results[0][2]
+            plot(records, iters, png, f"{LABELS.get(row, 'DCMIP')} on MarketSplit: "
+                 f"{fmt(ex['img_s'])} img/s training throughput (IMS_PER_BATCH / mean step time)")
+            images.append((row, os.path.basename(png)))
+    text = ["# Market-1501 split (MarketSplit) on CPU", "",
+            "ImageNet MobileNetV2, 128×64 input, fp32, a budget of at most 15 minutes per method on 2 cores "
+            "(docs/market_split_benchmark.md).", "",
+            f"Command: `{command}`", "",
+            f"Commit: {', '.join(sorted(commits)) or '–'}  ", f"Machine: {'; '.join(sorted(machines)) or '–'}", "",
+            "| Method | mAP | Rank-1 | Rank-5 | Rank-10 | train img/s | step time outside backbone (%) | wall (min) |",
+            "|---|---|---|---|---|---|---|---|"] + lines + [""]
+    text += ["Stage 1 (best) is the best stage-1 evaluation; stage 2 rows are the final evaluations. "
+             "img/s = IMS_PER_BATCH / mean step time (metrics.json \"time\", data loading excluded); "
+             "the outside-backbone share is 1 − (backbone-only forward+backward of a random batch) / step time.", ""]
+    for row, png in images:
+        text += [f"![{row}]({png})", ""]
+    with open(doc, "w") as f:
+        f.write("\n".join(text))
+    print(f"wrote {doc} ({len(lines)} rows, {len(images)} plots)")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", default=None, help="all, or a comma list of " + ",".join(ROWS))
+    p.add_argument("--assemble", action="store_true", help="only assemble the doc from saved rows")
+    p.add_argument("--out", default=None, help="rows' output root (default output/market_split)")
+    p.add_argument("--doc", default=None, help="default docs/results/market1501-split.md")
+    p.add_argument("--profile-steps", type=int, default=10, help="backbone-only steps timed after each row (0: skip)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny budget (2 iterations, 1 epoch) to a temp output dir and temp doc, not docs/results")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="extra config overrides for every row")
+    a = p.parse_args()
+    if a.smoke:
+        tmp = tempfile.mkdtemp(prefix="market_split_smoke_")
+        a.out = a.out or os.path.join(tmp, "out")
+        a.doc = a.doc or os.path.join(tmp, "docs", "market1501-split.md")
+        a.profile_steps = min(a.profile_steps, 2)
+    out_root = os.path.abspath(a.out or os.path.join(ROOT, "output", "market_split"))
+    doc = a.doc or os.path.join(ROOT, "docs", "results", "market1501-split.md")
+    rc = 0
+    if a.rows and not a.assemble:
+        rows = list(ROWS) if a.rows == "all" else a.rows.split(",")
+        bad = [r for r in rows if r not in ROWS]
+        if bad:
+            sys.exit(f"error: unknown rows {bad}; choose from {list(ROWS)}")
+        for r in rows:
+            rc |= run_row(r, out_root, a.smoke, a.profile_steps, a.opts)
+    command = ".venv/bin/python tools/benchmark_market_split.py --rows all"
+    assemble(out_root, doc, command)
+    sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()
