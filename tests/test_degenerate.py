@@ -110,3 +110,9 @@ def test_hook_keeps_outliers_out():
     labels = torch.tensor([0, 0, -1, 1, 1, -1, 2, 2, 2, -1])
     pseudo = _hook()._pseudo_labels(5, labels, torch.randn(10, 16), None)
     assert pseudo.epoch == 5 and pseudo.num_clusters == 3 and len(pseudo.indices) == 7
+
+
+def test_hook_single_cluster_names_epoch():
+    labels = torch.tensor([0, 0, -1, 0, 0, 0, 0, 0, 0, -1])
+    with pytest.raises(ClusteringError, match="epoch 4: a single cluster holds all 8 kept"):
+        _hook()._pseudo_labels(4, labels, torch.randn(10, 16), None)

@@ -97,6 +97,12 @@ class ClusteringHook(HookBase):
                 f"with UNSUP.CLUSTER.EPS={self.cfg.UNSUP.CLUSTER.EPS}, MIN_SAMPLES="
                 f"{self.cfg.UNSUP.CLUSTER.MIN_SAMPLES}). Raise UNSUP.CLUSTER.EPS, lower MIN_SAMPLES, "
                 f"or check that the train set holds several images per identity.")
+        if num_clusters == 1:
+            raise ClusteringError(
+                f"epoch {epoch}: a single cluster holds all {len(kept):,} kept train images "
+                f"({len(labels) - len(kept):,} outliers); the contrastive losses need at least 2 clusters "
+                f"(with one, every loss is 0 and nothing trains). Lower UNSUP.CLUSTER.EPS="
+                f"{self.cfg.UNSUP.CLUSTER.EPS}, or check that the train set holds several identities.")
         clusters = labels[kept]
         cams = self.cams[kept]
         device = features.device
