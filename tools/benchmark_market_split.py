@@ -120,13 +120,32 @@ def evaluations(records, key="mAP"):
     return [r for r in records if key in r]
 
 
+def log_tables(path):
+    """Evaluations printed as fastreid's markdown table in log.txt (--eval-only writes no metrics.json)."""
+    out, header = [], None
+    if not os.path.isfile(path):
+        return out
+    with open(path) as f:
+        for line in f:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else None
+            if cells and "mAP" in cells:
+                header = cells
+            elif cells and header and not cells[0].startswith(":") and len(cells) == len(header):
+                try:
+                    out.append({k: float(v) for k, v in zip(header, cells) if k in METRICS})
+                except ValueError:
+                    pass
+                header = None
+    return out
+
+
 def row_results(out_root, row, ims_per_batch, iters, stage1_epochs=None):
     """[(label, {metric: value}, extra)] for one saved row."""
     path = os.path.join(out_root, row)
     with open(os.path.join(path, "row.json")) as f:
         rec = json.load(f)
     records = read_metrics(os.path.join(path, "metrics.json"))
-    evals = evaluations(records)
+    evals = evaluations(records) or log_tables(os.path.join(path, "log.txt"))
     steps = [r["time"] for r in records if "time" in r]
     step_s = sum(steps) / len(steps) if steps else None
     extra = {"wall_s": rec["wall_s"], "rc": rec["rc"],
