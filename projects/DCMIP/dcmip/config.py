@@ -19,6 +19,9 @@ def add_dcmip_config(cfg):
     # Seed of every random choice of the run (parameters, samplers, augmentation): same seed,
     # same machine -> same pseudo labels and metrics.
     _C.UNSUP.SEED = 0
+    # Train images that cannot be opened or decoded: "error" stops naming the files,
+    # "skip" drops them and logs how many (checked once, before the first epoch).
+    _C.UNSUP.CORRUPT_IMAGES = "error"
 
     # ---- clustering step (METHODS §1 steps 1-3) -------------------------------------------
     _C.UNSUP.CLUSTER = CN()

@@ -36,7 +36,8 @@ def load_train_items(cfg) -> List[Tuple[str, object, int]]:
         if comm.is_main_process():
             dataset.show_train()
         items.extend(dataset.train)
-    return items
+    from ..data.checks import check_images
+    return check_images(items, cfg.UNSUP.CORRUPT_IMAGES)
 
 
 class StepRunner:
