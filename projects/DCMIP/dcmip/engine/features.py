@@ -9,7 +9,8 @@ from torch import nn
 from fastreid.data.build import build_reid_test_loader
 from fastreid.data.common import CommDataset
 from fastreid.data.transforms import build_transforms
-from fastreid.utils import comm
+
+from ..clustering.distributed import gather_features
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +37,5 @@ def extract_features(cfg, model: nn.Module, items: List[Tuple[str, object, int]]
             logger.info(f"{desc}: {done}/{len(loader.batch_sampler.sampler)} images on this rank, "
                         f"{time.perf_counter() - start:.1f}s")
     model.train(was_training)
-    features = torch.cat(chunks).float()
-    if comm.get_world_size() > 1:
-        import torch.distributed as dist
-        # InferenceSampler shards are contiguous and ordered by rank; pad to the largest shard.
-        shard = (len(items) - 1) // comm.get_world_size() + 1
-        padded = features.new_zeros(shard, features.shape[1])
-        padded[:len(features)] = features
-        parts = [torch.empty_like(padded) for _ in range(comm.get_world_size())]
-        dist.all_gather(parts, padded)
-        features = torch.cat(parts)[:len(items)]
-    return features
+    # InferenceSampler yields this rank's shard; every rank needs the full matrix.
+    return gather_features(torch.cat(chunks).float(), list(loader.batch_sampler.sampler), len(items))
