@@ -1,5 +1,6 @@
 """End to end on tiny generated data: train, checkpoint, eval-only, and the bad-input errors
 a user meets first. Each run is a subprocess of tools/train_net.py, exactly as users call it."""
+import json
 import os
 import subprocess
 import sys
@@ -46,6 +47,11 @@ def test_train_then_eval_only_on_the_written_checkpoint(workspace):
     assert "nmi" in log
     for name in ("model_best.pth", "model_last.pth", "model_final.pth", "metrics.json"):
         assert (root / "out" / name).is_file(), name
+    # Every epoch's clustering statistics and evaluation reach metrics.json (the plots read them).
+    with open(root / "out" / "metrics.json") as f:
+        records = [json.loads(line) for line in f]
+    assert sum("cluster/clusters" in r for r in records) == 2
+    assert sum("mAP" in r for r in records) == 2
 
     ev = run(["--config-file", CONFIG, "--eval-only", "MODEL.WEIGHTS", str(root / "out" / "model_final.pth"),
               "OUTPUT_DIR", str(root / "eval"), "DATALOADER.NUM_WORKERS", "0"], root)

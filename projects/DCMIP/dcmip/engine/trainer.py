@@ -16,11 +16,12 @@ from fastreid.engine.defaults import DefaultTrainer
 from fastreid.engine.train_loop import HookBase, TrainerBase
 from fastreid.solver import build_optimizer
 from fastreid.utils import comm
-from fastreid.utils.events import CommonMetricPrinter, JSONWriter, get_event_storage
+from fastreid.utils.events import CommonMetricPrinter, get_event_storage
 from fastreid.utils.logger import setup_logger
 
 from ..registry import lookup
 from .checkpoint import AtomicCheckpointer
+from .events import EpochJSONWriter
 from .hooks import ClusteringHook, StageLRScheduler
 
 logger = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class UnsupervisedTrainer(DefaultTrainer):
 
     def build_writers(self):
         return [CommonMetricPrinter(self.max_iter),
-                JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]
+                EpochJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]
 
     def evaluate(self):
         self._last_eval_results = self.test(self.cfg, self.unwrapped_model)
