@@ -106,3 +106,24 @@ def test_two_processes_through_fastreids_launcher_on_cpu(workspace):
     log = out.stdout + out.stderr
     assert "World size: 2" in log and "epoch 1 clustering: clusters" in log and "teacher metric" in log
     assert (root / "ddp" / "model_final.pth").is_file()
+
+
+def test_resume_from_another_methods_checkpoint_says_so(workspace):
+    import argparse
+    from dcmip.engine.checkpoint import AtomicCheckpointer, checkpoint_metadata
+    from dcmip.engine.defaults import load_cfg
+    from dcmip.engine.trainer import UnsupervisedTrainer
+
+    root, weights = workspace
+    cfg = load_cfg(argparse.Namespace(config_file=os.path.join(ROOT, "configs", "DCMIP", "demo_cpu.yml"),
+                                      opts=["MODEL.BACKBONE.PRETRAIN", "False"], eval_only=False))
+    out = root / "other_method"
+    out.mkdir()
+    AtomicCheckpointer(UnsupervisedTrainer.build_model(cfg), str(out),
+                       metadata=checkpoint_metadata(cfg)).save("model_last", epoch=0)
+    args = tiny(root, weights)
+    args[args.index("OUTPUT_DIR") + 1] = str(out)
+    proc = run(["--resume", *args], root, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "error: --resume:" in proc.stderr and "DCMIP (DiscrepantProxyMemory)" in proc.stderr
+    assert "fresh OUTPUT_DIR" in proc.stderr

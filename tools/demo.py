@@ -35,7 +35,7 @@ def main():
     trainer.train()
     best = os.path.join(cfg.OUTPUT_DIR, "model_best.pth")
     model = UnsupervisedTrainer.build_model(cfg)
-    AtomicCheckpointer(model).load(best)
+    AtomicCheckpointer(model).load(best, checkpointables=[])
     trained = UnsupervisedTrainer.test(cfg, model)
 
     print("\n==== Initial weights (ImageNet, before unsupervised training) ====")

@@ -16,7 +16,7 @@ from ..config import add_dcmip_config
 from ..memory import MEMORY_HEAD_REGISTRY
 from ..registry import UserInputError, lookup
 from ..sampling import SAMPLER_REGISTRY
-from .checkpoint import AtomicCheckpointer
+from .checkpoint import AtomicCheckpointer, checkpoint_metadata
 from .trainer import UnsupervisedTrainer
 from .two_stage import TwoStageTrainer
 
@@ -92,7 +92,7 @@ def main(args):
             cfg.freeze()
         model = UnsupervisedTrainer.build_model(cfg)
         if cfg.MODEL.WEIGHTS:
-            AtomicCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+            AtomicCheckpointer(model, metadata=checkpoint_metadata(cfg)).load(cfg.MODEL.WEIGHTS, checkpointables=[])
         return UnsupervisedTrainer.test(cfg, model)
     trainer = build_trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -59,8 +59,9 @@ class TwoStageTrainer(UnsupervisedTrainer):
             shutil.copyfile(best, os.path.join(self.cfg.OUTPUT_DIR, "model_stage1_best.pth"))
         comm.synchronize()
         state = torch.load(best, map_location="cpu", weights_only=False)["model"]
-        self.unwrapped_model.load_state_dict(state, strict=False)
-        self.teacher.load_state_dict(state, strict=False)
+        # Written by this run's own model: every key must match.
+        self.unwrapped_model.load_state_dict(state)
+        self.teacher.load_state_dict(state)
         self.optimizer.state.clear()
         logger.info(f"epoch {self.epoch}: DCMIP stage 2 begins from {best} (stage-1 best metric "
                     f"{self.best_metric:.2f}); EMA teacher initialised from it")
