@@ -116,3 +116,56 @@ def test_hook_single_cluster_names_epoch():
     labels = torch.tensor([0, 0, -1, 0, 0, 0, 0, 0, 0, -1])
     with pytest.raises(ClusteringError, match="epoch 4: a single cluster holds all 8 kept"):
         _hook()._pseudo_labels(4, labels, torch.randn(10, 16), None)
+
+
+def _nan_features(n=10, rows=(2, 7), inf_row=5):
+    feats = torch.randn(n, 16)
+    feats[list(rows)] = float("nan")
+    feats[inf_row, 0] = float("inf")
+    return feats
+
+
+@pytest.mark.parametrize("network", ["model", "EMA teacher"])
+def test_hook_nan_or_inf_features_name_epoch_and_network(monkeypatch, network):
+    """Stops before clustering: NaN features would be clustered and copied into the memory."""
+    import types
+    import dcmip.engine.hooks as hooks_module
+
+    hook = _hook()
+    hook.items = [(f"{i}.jpg", i, i % 2) for i in range(10)]
+    student = torch.nn.Identity()
+    teacher = torch.nn.Identity() if network == "EMA teacher" else None
+    clustered = []
+    monkeypatch.setattr(hooks_module, "extract_features",
+                        lambda cfg, model, items, desc: _nan_features() if model is (teacher or student)
+                        else torch.randn(10, 16))
+    monkeypatch.setattr(hooks_module, "cluster_features", lambda *a, **k: clustered.append(1))
+    hook.trainer = types.SimpleNamespace(epoch=7, unwrapped_model=student, teacher_for_epoch=lambda: teacher)
+    with pytest.raises(ClusteringError, match=rf"epoch 7: the {network} produced NaN or infinite features "
+                                              r"for 3 of 10 train images.*SOLVER.BASE_LR"):
+        hook.before_epoch()
+    assert not clustered
+
+
+def test_nan_loss_stops_naming_epoch_and_iteration():
+    from dcmip.engine.trainer import DivergedError, StepRunner
+    from dcmip.registry import TrainingStopped
+
+    class Diverged(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, data):
+            return {"loss_cluster": (self.w * float("nan")).sum()}
+
+        def update_memory(self):
+            pass
+
+    model = Diverged()
+    runner = StepRunner(model, torch.optim.SGD(model.parameters(), lr=0.1), amp=False, iters_per_epoch=100)
+    runner.set_data_loader([{}] * 3)
+    runner.iter = 250
+    with pytest.raises(DivergedError, match=r"epoch 2, iteration 250: the loss became nan") as e:
+        runner.run_step()
+    assert isinstance(e.value, TrainingStopped)

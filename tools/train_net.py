@@ -13,7 +13,7 @@ os.environ.setdefault("FASTREID_DATASETS", os.path.join(ROOT, "datasets"))
 
 import dcmip  # noqa: E402,F401  (fastreid compat + registration)
 from dcmip.engine.defaults import load_cfg, main  # noqa: E402
-from dcmip.registry import UserInputError  # noqa: E402
+from dcmip.registry import TrainingStopped, UserInputError  # noqa: E402
 from fastreid.engine import default_argument_parser, launch  # noqa: E402
 
 if __name__ == "__main__":
@@ -22,5 +22,5 @@ if __name__ == "__main__":
         load_cfg(args)  # bad input stops here, before any process is started
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
-    except UserInputError as e:
+    except (UserInputError, TrainingStopped) as e:
         sys.exit(f"error: {e}")

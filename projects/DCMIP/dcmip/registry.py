@@ -6,6 +6,12 @@ class UserInputError(Exception):
     ``tools/train_net.py`` prints it without a stack trace."""
 
 
+class TrainingStopped(RuntimeError):
+    """Training cannot go on in a defined way (nothing to cluster, diverged); the message names
+    the epoch, the cause and what to change. ``tools/train_net.py`` prints it without a stack
+    trace; the last checkpoint is left as it was."""
+
+
 class UnknownNameError(UserInputError, KeyError):
     def __str__(self):
         return str(self.args[0])

@@ -12,6 +12,7 @@ from fastreid.utils import comm
 
 from ..clustering import camera_aware_proxies, cluster_features, pseudo_label_scores
 from ..clustering.distributed import broadcast_labels
+from ..registry import TrainingStopped
 from ..data.pseudo_dataset import PseudoLabelDataset, collate_with_multiplicity
 from ..sampling import build_sampler
 from ..structures import PseudoLabels
@@ -21,8 +22,19 @@ from .schedule import lr_factor
 logger = logging.getLogger(__name__)
 
 
-class ClusteringError(RuntimeError):
+class ClusteringError(TrainingStopped):
     """The clustering step produced nothing trainable; the message names the epoch and cause."""
+
+
+def check_finite(epoch: int, features: torch.Tensor, network: str) -> None:
+    """Stop, naming the epoch, when ``network``'s epoch-start features hold NaN or inf: they
+    would be clustered and copied into the memory, and every later loss would be NaN."""
+    bad = ~torch.isfinite(features).all(dim=1)
+    if bad.any():
+        raise ClusteringError(
+            f"epoch {epoch}: the {network} produced NaN or infinite features for {int(bad.sum())} of "
+            f"{len(features)} train images, so they cannot be clustered. Training diverged: lower "
+            f"SOLVER.BASE_LR, or resume from an earlier checkpoint (--resume restarts from model_last).")
 
 
 class ClusteringHook(HookBase):
@@ -54,12 +66,10 @@ class ClusteringHook(HookBase):
         teacher = trainer.teacher_for_epoch()
         teacher_features = (extract_features(cfg, teacher, self.items, desc=f"epoch {epoch} teacher features")
                             if teacher is not None else None)
+        check_finite(epoch, features, "model")
+        if teacher_features is not None:
+            check_finite(epoch, teacher_features, "EMA teacher")
         source = teacher_features if cfg.UNSUP.CLUSTER.FEATURES == "teacher" and teacher is not None else features
-        if not torch.isfinite(source).all():
-            raise ClusteringError(
-                f"epoch {epoch}: the model produced NaN or infinite features for "
-                f"{int((~torch.isfinite(source).all(dim=1)).sum())} train images, so they cannot be "
-                f"clustered. Training diverged: lower SOLVER.BASE_LR or resume from an earlier checkpoint.")
         extract_time = time.perf_counter() - start
 
         start = time.perf_counter()

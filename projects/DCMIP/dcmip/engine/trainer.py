@@ -19,8 +19,8 @@ from fastreid.utils import comm
 from fastreid.utils.events import CommonMetricPrinter, get_event_storage
 from fastreid.utils.logger import setup_logger
 
-from ..registry import lookup
-from .checkpoint import AtomicCheckpointer
+from ..registry import TrainingStopped, lookup
+from .checkpoint import AtomicCheckpointer, checkpoint_metadata
 from .events import EpochJSONWriter
 from .hooks import ClusteringHook, StageLRScheduler
 
@@ -49,8 +49,9 @@ class StepRunner:
     never waits for the device.
     """
 
-    def __init__(self, model, optimizer, amp: bool, log_period: int = 20):
+    def __init__(self, model, optimizer, amp: bool, iters_per_epoch: int, log_period: int = 20):
         self.model = model
+        self.iters_per_epoch = iters_per_epoch
         self.optimizer = optimizer
         self.data_loader = None
         self._data_loader_iter = None
@@ -99,8 +100,9 @@ class StepRunner:
     def _write_metrics(self, metrics: Dict[str, float], data_time: float):
         total = sum(metrics.values())
         if not np.isfinite(total):
-            raise FloatingPointError(f"loss became {total} at iteration {self.iter}: {metrics}. "
-                                     f"Lower SOLVER.BASE_LR or resume from an earlier checkpoint.")
+            raise DivergedError(f"epoch {self.iter // self.iters_per_epoch}, iteration {self.iter}: the loss "
+                                f"became {total} ({metrics}). Lower SOLVER.BASE_LR, or resume from an "
+                                f"earlier checkpoint (--resume restarts from model_last).")
         all_metrics = comm.gather(metrics)
         if comm.is_main_process():
             storage = get_event_storage()
@@ -108,6 +110,10 @@ class StepRunner:
             averaged = {k: float(np.mean([m[k] for m in all_metrics])) for k in metrics}
             storage.put_scalar("total_loss", sum(averaged.values()))
             storage.put_scalars(**averaged)
+
+
+class DivergedError(TrainingStopped, FloatingPointError):
+    """A non-finite training loss."""
 
 
 def unwrap(model):
@@ -131,13 +137,13 @@ class UnsupervisedTrainer(DefaultTrainer):
             on_cuda = next(model.parameters()).is_cuda
             model = DistributedDataParallel(model, device_ids=[comm.get_local_rank()] if on_cuda else None,
                                             broadcast_buffers=False)
-        self._trainer = StepRunner(model, optimizer, cfg.SOLVER.AMP.ENABLED)
+        self._trainer = StepRunner(model, optimizer, cfg.SOLVER.AMP.ENABLED, cfg.UNSUP.ITERS)
         self.iters_per_epoch = cfg.UNSUP.ITERS
         self.start_epoch = 0
         self.max_epoch = cfg.SOLVER.MAX_EPOCH
         self.max_iter = self.max_epoch * self.iters_per_epoch
-        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
-                                               optimizer=optimizer)
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, metadata=checkpoint_metadata(cfg),
+                                               save_to_disk=comm.is_main_process(), optimizer=optimizer)
         self.best_metric = -1.0
         self.register_hooks(self.build_hooks())
 
