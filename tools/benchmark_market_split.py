@@ -172,12 +172,14 @@ def row_results(out_root, row, ims_per_batch, iters, stage1_epochs=None):
     return rec, records, out or [("DCMIP", {}, extra)]
 
 
-def plot(records, iters, path, title):
+def plot(records, iters, path, title, zero_shot_map=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, key, name in zip(axes, ("mAP", "cluster/clusters", "cluster/nmi"), ("mAP (%)", "clusters", "pseudo-label NMI")):
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    keys = ("mAP", "cluster/clusters", "cluster/images_kept", "cluster/nmi")
+    names = ("mAP (%)", "clusters", "train images in a cluster", "pseudo-label NMI")
+    for ax, key, name in zip(axes, keys, names):
         pts = [(r.get("iteration", 0) / iters, r[key]) for r in records if key in r]
         if key == "mAP":
             tp = [(r.get("iteration", 0) / iters, r["teacher/mAP"]) for r in records if "teacher/mAP" in r]
@@ -185,6 +187,9 @@ def plot(records, iters, path, title):
                 ax.plot(*zip(*tp), "s--", label="teacher")
         if pts:
             ax.plot(*zip(*pts), "o-", label="student" if key == "mAP" else None)
+        if key == "mAP" and zero_shot_map is not None:
+            ax.axhline(zero_shot_map, color="gray", ls=":", label="zero-shot")
+            ax.axhline(4 * zero_shot_map, color="red", ls=":", label="4x zero-shot")
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -205,6 +210,7 @@ def assemble(out_root, doc, command):
     os.makedirs(doc_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(doc))[0]
     lines, images, commits, machines = [], [], set(), set()
+    zero_shot_map = None
     for row in ROWS:
         if not os.path.isfile(os.path.join(out_root, row, "row.json")):
             continue
@@ -214,6 +220,8 @@ def assemble(out_root, doc, command):
         iters = cfg.UNSUP.ITERS
         rec, records, results = row_results(out_root, row, cfg.SOLVER.IMS_PER_BATCH, iters,
                                             cfg.UNSUP.DCMIP.STAGE1_EPOCHS if row == "dcmip" else None)
+        if row == "zero-shot":
+            zero_shot_map = results[0][1].get("mAP")
         commits.add(rec["commit"])
         machines.add(rec["machine"])
         for label, m, ex in results:
@@ -224,7 +232,7 @@ def assemble(out_root, doc, command):
             png = os.path.join(doc_dir, f"{stem}-{row}.png")
             ex = results[0][2]
             plot(records, iters, png, f"{LABELS.get(row, 'DCMIP')} on MarketSplit: "
-                 f"{fmt(ex['img_s'])} img/s training throughput (IMS_PER_BATCH / mean step time)")
+                 f"{fmt(ex['img_s'])} img/s training throughput (IMS_PER_BATCH / mean step time)", zero_shot_map)
             images.append((row, os.path.basename(png)))
     text = ["# Market-1501 split (MarketSplit) on CPU", "",
             "ImageNet MobileNetV2, 128×64 input, fp32, a budget of at most 15 minutes per method on 2 cores "
@@ -236,6 +244,9 @@ def assemble(out_root, doc, command):
     text += ["Stage 1 (best) is the best stage-1 evaluation; stage 2 rows are the final evaluations. "
              "img/s = IMS_PER_BATCH / mean step time (metrics.json \"time\", data loading excluded); "
              "the outside-backbone share is 1 − (backbone-only forward+backward of a random batch) / step time.", ""]
+    analysis = os.path.join(doc_dir, f"{stem}-analysis.md")
+    if os.path.isfile(analysis):
+        text += [f"What the table shows and why: [{os.path.basename(analysis)}]({os.path.basename(analysis)}).", ""]
     for row, png in images:
         text += [f"![{row}]({png})", ""]
     with open(doc, "w") as f:
