@@ -108,7 +108,9 @@ def test_two_processes_through_fastreids_launcher_on_cpu(workspace):
     assert (root / "ddp" / "model_final.pth").is_file()
 
 
-def test_resume_from_another_methods_checkpoint_says_so(workspace):
+@pytest.mark.parametrize("num_gpus", ["1", "2"])
+def test_resume_from_another_methods_checkpoint_says_so(workspace, num_gpus):
+    """With 2 processes the workers raise it: each prints one line instead of a traceback."""
     import argparse
     from dcmip.engine.checkpoint import AtomicCheckpointer, checkpoint_metadata
     from dcmip.engine.defaults import load_cfg
@@ -117,13 +119,13 @@ def test_resume_from_another_methods_checkpoint_says_so(workspace):
     root, weights = workspace
     cfg = load_cfg(argparse.Namespace(config_file=os.path.join(ROOT, "configs", "DCMIP", "demo_cpu.yml"),
                                       opts=["MODEL.BACKBONE.PRETRAIN", "False"], eval_only=False))
-    out = root / "other_method"
+    out = root / f"other_method{num_gpus}"
     out.mkdir()
     AtomicCheckpointer(UnsupervisedTrainer.build_model(cfg), str(out),
                        metadata=checkpoint_metadata(cfg)).save("model_last", epoch=0)
     args = tiny(root, weights)
     args[args.index("OUTPUT_DIR") + 1] = str(out)
-    proc = run(["--resume", *args], root, check=False)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    proc = run(["--num-gpus", num_gpus, "--resume", *args], root, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "error: --resume:" in proc.stderr and "DCMIP (DiscrepantProxyMemory)" in proc.stderr
     assert "fresh OUTPUT_DIR" in proc.stderr

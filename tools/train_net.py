@@ -12,9 +12,11 @@ sys.path.insert(0, os.path.join(ROOT, "projects", "DCMIP"))
 os.environ.setdefault("FASTREID_DATASETS", os.path.join(ROOT, "datasets"))
 
 import dcmip  # noqa: E402,F401  (fastreid compat + registration)
+from dcmip.compat import USER_ERROR_EXIT_CODE  # noqa: E402
 from dcmip.engine.defaults import load_cfg, main  # noqa: E402
 from dcmip.registry import TrainingStopped, UserInputError  # noqa: E402
 from fastreid.engine import default_argument_parser, launch  # noqa: E402
+from torch.multiprocessing import ProcessExitedException  # noqa: E402
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
@@ -24,3 +26,7 @@ if __name__ == "__main__":
                dist_url=args.dist_url, args=(args,))
     except (UserInputError, TrainingStopped) as e:
         sys.exit(f"error: {e}")
+    except ProcessExitedException as e:
+        if e.exit_code != USER_ERROR_EXIT_CODE:
+            raise
+        sys.exit(1)  # the worker printed its `error:` line

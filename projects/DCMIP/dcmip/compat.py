@@ -21,7 +21,9 @@ CPU paths (patched after import, only change behaviour when there is no CUDA dev
      prefetch thread. Without CUDA we hand out a plain ``DataLoader`` (no pinned memory).
   6. ``launch``'s worker asserts CUDA and always initialises NCCL. Without CUDA (or with
      fewer GPUs than processes) we initialise gloo and skip ``set_device``, so
-     ``--num-gpus N`` runs N CPU processes.
+     ``--num-gpus N`` runs N CPU processes. Bad input and stopped training
+     (``UserInputError``, ``TrainingStopped``) end a worker with one ``error:`` line and
+     exit code ``USER_ERROR_EXIT_CODE`` instead of a traceback (on GPUs too).
   7. ``ReidEvaluator`` compiles its optional Cython ranking module into site-packages on first
      use and calls ``sys.exit(1)`` when that fails (no Cython, read-only install). We skip the
      compilation; ``fastreid.evaluation.rank`` then uses the Cython module if it was built and
@@ -40,6 +42,8 @@ import numpy as np
 import torch
 
 _APPLIED = False
+# A worker that printed an `error:` line exits with it; tools/train_net.py adds no traceback.
+USER_ERROR_EXIT_CODE = 3
 
 
 def _patch_imports():
@@ -104,7 +108,14 @@ def distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine, 
         if i == machine_rank:
             comm._LOCAL_PROCESS_GROUP = pg
 
-    main_func(*args)
+    from .registry import TrainingStopped, UserInputError
+    try:
+        main_func(*args)
+    except (UserInputError, TrainingStopped) as e:
+        # One line per rank instead of torch.multiprocessing's traceback of the worker; the
+        # exit code tells tools/train_net.py that the message has been printed.
+        print(f"error{f' (rank {global_rank})' if global_rank else ''}: {e}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT_CODE)
 
 
 def apply_fastreid_compat():
