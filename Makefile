@@ -9,7 +9,7 @@ WEIGHTS := weights/mobilenetv2_imagenet.pth
 # import next to a CPU-only torch, and this pair runs fine on a machine without a GPU.
 TORCH := torch==2.15.0 torchvision==0.29.2
 
-.PHONY: venv weights demo-data demo test clean
+.PHONY: venv weights demo-data demo test benchmark-market-split clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,11 @@ demo-data: $(STAMP)
 # (ImageNet) weights and of the trained model.
 demo: $(WEIGHTS) demo-data
 	$(BIN)/python tools/demo.py --config-file configs/O2CAP/demo_cpu.yml --report docs/results/demo.md
+
+# Every method on the real Market-1501 identity split on CPU (../shared/data/market1501-train),
+# ~75 min on 2 cores; writes docs/results/market1501-split.md and one plot per method.
+benchmark-market-split: $(WEIGHTS)
+	$(BIN)/python tools/benchmark_market_split.py --rows all
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -52,6 +52,7 @@ def test_train_then_eval_only_on_the_written_checkpoint(workspace):
         records = [json.loads(line) for line in f]
     assert sum("cluster/clusters" in r for r in records) == 2
     assert sum("mAP" in r for r in records) == 2
+    assert sum("Rank-1" in r and "Rank-10" in r for r in records) == 2
 
     ev = run(["--config-file", CONFIG, "--eval-only", "MODEL.WEIGHTS", str(root / "out" / "model_final.pth"),
               "OUTPUT_DIR", str(root / "eval"), "DATALOADER.NUM_WORKERS", "0"], root)

@@ -104,7 +104,8 @@ def run_row(row, out_root, smoke, profile_n, extra):
     t0 = time.time()
     rc = subprocess.call(cmd, cwd=ROOT)
     wall = time.time() - t0
-    rec = {"row": row, "config": config, "command": " ".join(cmd[1:]), "rc": rc, "wall_s": round(wall, 1),
+    rec = {"row": row, "config": config, "command": " ".join(cmd[1:]), "invocation": invocation(),
+           "extra_opts": list(extra), "rc": rc, "wall_s": round(wall, 1),
            "commit": commit(), "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                                           f"{os.cpu_count()} cores, torch threads from env",
            "smoke": smoke, "opts": opts}
@@ -114,6 +115,11 @@ def run_row(row, out_root, smoke, profile_n, extra):
         json.dump(rec, f, indent=1)
     print(f"[{row}] rc={rc} wall={wall:.0f}s -> {out}/row.json", flush=True)
     return rc
+
+
+def invocation() -> str:
+    """This benchmark's command line, as run from the repository root."""
+    return " ".join([".venv/bin/python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)] + sys.argv[1:])
 
 
 def evaluations(records, key="mAP"):
@@ -139,13 +145,28 @@ def log_tables(path):
     return out
 
 
+def fill_ranks(evals, tables):
+    """Rank-k missing from metrics.json (runs before the EpochEvalHook fix stored only float
+    metrics, and fastreid's Rank-k are numpy float32) taken from the log's table with the same mAP."""
+    for r in evals:
+        for prefix in ("", "teacher/"):
+            m = r.get(prefix + "mAP")
+            if m is None or prefix + "Rank-1" in r:
+                continue
+            match = [t for t in tables if abs(t["mAP"] - m) < 0.006]
+            if match:
+                r.update({prefix + k: match[-1][k] for k in METRICS if k in match[-1]})
+    return evals
+
+
 def row_results(out_root, row, ims_per_batch, iters, stage1_epochs=None):
     """[(label, {metric: value}, extra)] for one saved row."""
     path = os.path.join(out_root, row)
     with open(os.path.join(path, "row.json")) as f:
         rec = json.load(f)
     records = read_metrics(os.path.join(path, "metrics.json"))
-    evals = evaluations(records) or log_tables(os.path.join(path, "log.txt"))
+    tables = log_tables(os.path.join(path, "log.txt"))
+    evals = fill_ranks(evaluations(records), tables) or tables
     steps = [r["time"] for r in records if "time" in r]
     step_s = sum(steps) / len(steps) if steps else None
     extra = {"wall_s": rec["wall_s"], "rc": rec["rc"],
@@ -205,11 +226,11 @@ def fmt(v, p=1):
     return "–" if v is None else f"{v:.{p}f}"
 
 
-def assemble(out_root, doc, command):
+def assemble(out_root, doc):
     doc_dir = os.path.dirname(os.path.abspath(doc))
     os.makedirs(doc_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(doc))[0]
-    lines, images, commits, machines = [], [], set(), set()
+    lines, images, commits, machines, commands, extras = [], [], set(), set(), [], set()
     zero_shot_map = None
     for row in ROWS:
         if not os.path.isfile(os.path.join(out_root, row, "row.json")):
@@ -223,6 +244,10 @@ def assemble(out_root, doc, command):
         if row == "zero-shot":
             zero_shot_map = results[0][1].get("mAP")
         commits.add(rec["commit"])
+        command = rec.get("invocation", ".venv/bin/python tools/benchmark_market_split.py --rows " + row)
+        if command not in commands:
+            commands.append(command)
+        extras.add(" ".join(rec.get("extra_opts", [])))
         machines.add(rec["machine"])
         for label, m, ex in results:
             lines.append(f"| {label} | " + " | ".join(fmt(m.get(k)) for k in METRICS) +
@@ -237,7 +262,13 @@ def assemble(out_root, doc, command):
     text = ["# Market-1501 split (MarketSplit) on CPU", "",
             "ImageNet MobileNetV2, 128×64 input, fp32, a budget of at most 15 minutes per method on 2 cores "
             "(docs/market_split_benchmark.md).", "",
-            f"Command: `{command}`", "",
+            "Command" + ("s" if len(commands) > 1 else "") + ": " + ", ".join(f"`{c}`" for c in commands), "",
+            ] + ([f"Config overrides for every row: `{', '.join(sorted(extras))}` (not the default budget)", ""]
+                 if any(extras) else []) + [
+            "Then `.venv/bin/python tools/benchmark_market_split.py --assemble"
+            + (f" --out {os.path.relpath(out_root, ROOT)}" if os.path.relpath(out_root, ROOT) != os.path.join("output", "market_split") else "")
+            + (f" --doc {os.path.relpath(doc, ROOT)}" if os.path.relpath(doc, ROOT) != os.path.join("docs", "results", "market1501-split.md") else "")
+            + "` writes this file from the saved rows.", "",
             f"Commit: {', '.join(sorted(commits)) or '–'}  ", f"Machine: {'; '.join(sorted(machines)) or '–'}", "",
             "| Method | mAP | Rank-1 | Rank-5 | Rank-10 | train img/s | step time outside backbone (%) | wall (min) |",
             "|---|---|---|---|---|---|---|---|"] + lines + [""]
@@ -280,8 +311,7 @@ def main():
             sys.exit(f"error: unknown rows {bad}; choose from {list(ROWS)}")
         for r in rows:
             rc |= run_row(r, out_root, a.smoke, a.profile_steps, a.opts)
-    command = ".venv/bin/python tools/benchmark_market_split.py --rows all"
-    assemble(out_root, doc, command)
+    assemble(out_root, doc)
     sys.exit(rc)
 
 

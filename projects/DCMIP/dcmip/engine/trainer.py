@@ -1,5 +1,6 @@
 """The unsupervised trainer: fastreid's DefaultTrainer with a per-epoch clustering step."""
 import logging
+import numbers
 import os
 import random
 import time
@@ -224,8 +225,9 @@ class EpochEvalHook(HookBase):
             # fastreid's evaluator returns the metrics on the main process only.
             if comm.is_main_process():
                 self.trainer.last_eval = (epoch, float(results["metric"]))
+                # numbers.Real: fastreid's Rank-k are numpy float32, which are not floats.
                 self.trainer.storage.put_scalars(**{k: float(v) for k, v in results.items()
-                                                    if isinstance(v, (int, float))}, smoothing_hint=False)
+                                                    if isinstance(v, numbers.Real)}, smoothing_hint=False)
             comm.synchronize()
 
 

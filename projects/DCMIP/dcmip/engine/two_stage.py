@@ -8,6 +8,7 @@ in every checkpoint, and a run resumed in either stage continues exactly there.
 """
 import copy
 import logging
+import numbers
 import os
 import shutil
 
@@ -77,7 +78,7 @@ class TwoStageTrainer(UnsupervisedTrainer):
         logger.info(f"epoch {self.epoch}: student metric {student['metric']:.2f}, "
                     f"teacher metric {teacher['metric']:.2f}")
         self.storage.put_scalars(**{f"teacher/{k}": float(v) for k, v in teacher.items()
-                                    if isinstance(v, (int, float))}, smoothing_hint=False)
+                                    if isinstance(v, numbers.Real)}, smoothing_hint=False)
         self.best_network = "teacher" if teacher["metric"] > student["metric"] else "student"
         self._last_eval_results = teacher if self.best_network == "teacher" else student
         return self._last_eval_results
