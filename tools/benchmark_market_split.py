@@ -263,7 +263,7 @@ def assemble(out_root, doc):
             "ImageNet MobileNetV2, 128×64 input, fp32, a budget of at most 15 minutes per method on 2 cores "
             "(docs/market_split_benchmark.md).", "",
             "Command" + ("s" if len(commands) > 1 else "") + ": " + ", ".join(f"`{c}`" for c in commands), "",
-            ] + ([f"Config overrides for every row: `{', '.join(sorted(extras))}` (not the default budget)", ""]
+            ] + ([f"Config overrides for every row: `{', '.join(sorted(extras))}` (on top of each row's config)", ""]
                  if any(extras) else []) + [
             "Then `.venv/bin/python tools/benchmark_market_split.py --assemble"
             + (f" --out {os.path.relpath(out_root, ROOT)}" if os.path.relpath(out_root, ROOT) != os.path.join("output", "market_split") else "")
