@@ -112,18 +112,14 @@ def test_two_processes_through_fastreids_launcher_on_cpu(workspace):
 @pytest.mark.parametrize("num_gpus", ["1", "2"])
 def test_resume_from_another_methods_checkpoint_says_so(workspace, num_gpus):
     """With 2 processes the workers raise it: each prints one line instead of a traceback."""
-    import argparse
     from dcmip.engine.checkpoint import AtomicCheckpointer, checkpoint_metadata
-    from dcmip.engine.defaults import load_cfg
-    from dcmip.engine.trainer import UnsupervisedTrainer
+    from test_checkpoint_compat import build
 
     root, weights = workspace
-    cfg = load_cfg(argparse.Namespace(config_file=os.path.join(ROOT, "configs", "DCMIP", "demo_cpu.yml"),
-                                      opts=["MODEL.BACKBONE.PRETRAIN", "False"], eval_only=False))
+    cfg, model = build("DCMIP/demo_cpu.yml")
     out = root / f"other_method{num_gpus}"
     out.mkdir()
-    AtomicCheckpointer(UnsupervisedTrainer.build_model(cfg), str(out),
-                       metadata=checkpoint_metadata(cfg)).save("model_last", epoch=0)
+    AtomicCheckpointer(model, str(out), metadata=checkpoint_metadata(cfg)).save("model_last", epoch=0)
     args = tiny(root, weights)
     args[args.index("OUTPUT_DIR") + 1] = str(out)
     proc = run(["--num-gpus", num_gpus, "--resume", *args], root, check=False)

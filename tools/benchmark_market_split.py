@@ -21,6 +21,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "projects", "DCMIP"))
 
 ROWS = {
     # row: (config, extra args)
@@ -61,7 +62,6 @@ def read_metrics(path):
 
 
 def load_cfg(config, opts):
-    sys.path.insert(0, os.path.join(ROOT, "projects", "DCMIP"))
     import dcmip  # noqa: F401
     from dcmip.engine.defaults import load_cfg as _load
     return _load(argparse.Namespace(config_file=os.path.join(ROOT, config), opts=list(opts), eval_only=False))

@@ -83,6 +83,8 @@ class AtomicCheckpointer(Checkpointer):
                  save_to_disk: bool = True, **checkpointables):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.metadata = metadata
+        # Set by load() for _load_model, which fastreid calls with the checkpoint alone.
+        self._path, self._resuming = "", False
 
     def save(self, name: str, model_state=None, **kwargs):
         """Like fastreid's; ``model_state`` replaces the model's own weights in the file (DCMIP
@@ -123,8 +125,7 @@ class AtomicCheckpointer(Checkpointer):
                                  f"it may be truncated or not a torch file.") from None
 
     def _load_model(self, checkpoint):
-        check_checkpoint(getattr(self, "_path", "checkpoint"), checkpoint, self.model.state_dict(),
-                         self.metadata, resume=getattr(self, "_resuming", False))
+        check_checkpoint(self._path, checkpoint, self.model.state_dict(), self.metadata, resume=self._resuming)
         return super()._load_model(checkpoint)
 
 

@@ -12,8 +12,8 @@ from fastreid.utils import comm
 
 from ..clustering import camera_aware_proxies, cluster_features, pseudo_label_scores
 from ..clustering.distributed import broadcast_labels
-from ..registry import TrainingStopped
 from ..data.pseudo_dataset import PseudoLabelDataset, collate_with_multiplicity
+from ..registry import TrainingStopped
 from ..sampling import build_sampler
 from ..structures import PseudoLabels
 from .features import extract_features

@@ -20,6 +20,7 @@ from fastreid.utils import comm
 from fastreid.utils.events import CommonMetricPrinter, get_event_storage
 from fastreid.utils.logger import setup_logger
 
+from ..data.checks import check_images
 from ..registry import TrainingStopped, lookup
 from .checkpoint import AtomicCheckpointer, checkpoint_metadata
 from .events import EpochJSONWriter
@@ -38,7 +39,6 @@ def load_train_items(cfg) -> List[Tuple[str, object, int]]:
         if comm.is_main_process():
             dataset.show_train()
         items.extend(dataset.train)
-    from ..data.checks import check_images
     return check_images(items, cfg.UNSUP.CORRUPT_IMAGES)
 
 
