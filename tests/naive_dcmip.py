@@ -1,6 +1,6 @@
 """A naive, per-image DCMIP head written straight from METHODS §4.
 
-It is the test oracle for :mod:`dcmip.memory.dcmip` / :mod:`dcmip.memory.discrepant` and the
+It is the test oracle for :mod:`dcmip.memory.dcmip.functional` / :mod:`dcmip.memory.dcmip.head` and the
 per-image baseline of ``benchmarks/dcmip_head.py``: it scores one image at a time, builds each
 image's hardest-positive / hardest-negative logits with index lists, and updates the memories
 one image (proxy A) or one cluster (proxy B, instances) at a time. It shares no code with the

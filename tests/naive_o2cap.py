@@ -1,6 +1,6 @@
 """A naive, per-image O2CAP head written straight from METHODS §2 and the paper's equations.
 
-It is the test oracle for :mod:`dcmip.memory.o2cap` / :mod:`dcmip.memory.camera_aware` and the
+It is the test oracle for :mod:`dcmip.memory.o2cap.functional` / :mod:`dcmip.memory.o2cap.head` and the
 stand-in for the authors' head in ``benchmarks/o2cap_head.py``. Like the authors' code it
 computes the scores one camera group at a time and then loops over the images in Python,
 selecting positives and negatives with index lists and sorts, and updates the memory one

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import dcmip  # noqa: F401
 from dcmip.config import add_dcmip_config
 from dcmip.memory import build_memory_head
-from dcmip.memory.cluster_contrast import cluster_contrast_loss
+from dcmip.memory.cluster_contrast.functional import cluster_contrast_loss
 from dcmip.structures import PseudoLabels
 from fastreid.config import get_cfg
 

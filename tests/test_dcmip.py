@@ -12,7 +12,7 @@ from torch import nn
 import dcmip  # noqa: F401
 from dcmip.config import add_dcmip_config
 from dcmip.memory import build_memory_head
-from dcmip.memory.dcmip import (cluster_contrast_loss, init_instance_memory, instance_loss, replace_instances_,
+from dcmip.memory.dcmip.functional import (cluster_contrast_loss, init_instance_memory, instance_loss, replace_instances_,
                                 update_proxy_b_)
 from dcmip.memory.updates import hardest_momentum_update_, sequential_momentum_update_
 from dcmip.modeling.ema import ema_update_

@@ -13,8 +13,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import dcmip  # noqa: F401
 from dcmip.config import add_dcmip_config
 from dcmip.memory import build_memory_head
-from dcmip.memory.camera_aware import CameraAwareProxyMemory
-from dcmip.memory.o2cap import (ProxySet, association_statistics, balanced_query, base2_loss, base_loss,
+from dcmip.memory.o2cap.head import CameraAwareProxyMemory
+from dcmip.memory.o2cap.functional import (ProxySet, association_statistics, balanced_query, base2_loss, base_loss,
                                 contrast_with_hard_negatives, group_table, hard_negative_candidates, intra_loss, merge_loss,
                                 merged_positives, offline_loss, offline_positives, online_loss,
                                 online_positives, per_camera_mean, memory_scores)

@@ -1,15 +1,15 @@
 """The DCMIP memory head (METHODS §4): discrepant cluster proxies A and B, and, in stage 2,
 multi-instance proxies initialised from the EMA teacher. The losses and updates are the pure
-functions of :mod:`dcmip.memory.dcmip`; this module only holds the state."""
+functions of :mod:`dcmip.memory.dcmip.functional`; this module only holds the state."""
 from typing import Dict
 
 import torch
 
-from ..structures import PseudoLabels
-from .base import MEMORY_HEAD_REGISTRY, MemoryHead
-from .dcmip import (cluster_contrast_loss, init_instance_memory, instance_loss, replace_instances_,
+from ...structures import PseudoLabels
+from ..base import MEMORY_HEAD_REGISTRY, MemoryHead
+from .functional import (cluster_contrast_loss, init_instance_memory, instance_loss, replace_instances_,
                     update_proxy_b_)
-from .updates import hardest_momentum_update_, normalized_centroids, sequential_momentum_update_
+from ..updates import hardest_momentum_update_, normalized_centroids, sequential_momentum_update_
 
 PROXY_A_UPDATES = ("sequential", "hardest")
 

@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .updates import occurrence_index
+from ..updates import occurrence_index
 
 #: Order of the entries returned by :func:`association_statistics` (the paper's Fig. 5).
 ASSOCIATION_STATISTICS = ("iou", "precision_offline", "precision_online", "precision_union",

@@ -3,10 +3,10 @@ from typing import Dict
 
 import torch
 
-from ..structures import PseudoLabels
-from .base import MEMORY_HEAD_REGISTRY, MemoryHead
-from .cluster_contrast import cluster_contrast_loss
-from .updates import hardest_momentum_update_, normalized_centroids, sequential_momentum_update_
+from ...structures import PseudoLabels
+from ..base import MEMORY_HEAD_REGISTRY, MemoryHead
+from .functional import cluster_contrast_loss
+from ..updates import hardest_momentum_update_, normalized_centroids, sequential_momentum_update_
 
 UPDATES = ("sequential", "hardest")
 

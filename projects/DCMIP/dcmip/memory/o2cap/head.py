@@ -8,19 +8,19 @@
 
 Both memories are rebuilt from the epoch-start features at every epoch and move by the same
 momentum rule (Eq. 1, per image in batch order), K' with the proxy labels and K with the
-cluster labels. The losses are the pure functions of :mod:`dcmip.memory.o2cap`.
+cluster labels. The losses are the pure functions of :mod:`dcmip.memory.o2cap.functional`.
 """
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from ..structures import PseudoLabels
-from .base import MEMORY_HEAD_REGISTRY, MemoryHead
-from .o2cap import (ASSOCIATION_STATISTICS, ProxySet, association_statistics, balanced_query, base2_loss,
+from ...structures import PseudoLabels
+from ..base import MEMORY_HEAD_REGISTRY, MemoryHead
+from .functional import (ASSOCIATION_STATISTICS, ProxySet, association_statistics, balanced_query, base2_loss,
                     base_loss, group_table, hard_negative_candidates, intra_loss, merge_loss, merged_positives,
                     offline_loss, offline_positives, online_loss, online_positives, per_camera_mean,
                     memory_scores)
-from .updates import normalized_centroids, sequential_momentum_update_
+from ..updates import normalized_centroids, sequential_momentum_update_
 
 PROXY_LOSSES = ("offline", "online", "merge", "intra")
 CLUSTER_LOSSES = ("base", "base2")

@@ -1,7 +1,7 @@
 """DCMIP (Zou et al., ICCV 2023): discrepant cluster proxies and multi-instance proxies (METHODS §4).
 
 Pure tensor functions, free of fastreid, so that they can be tested against the per-image
-reference in ``tests/naive_dcmip.py``; :mod:`dcmip.memory.discrepant` is the stateful head
+reference in ``tests/naive_dcmip.py``; :mod:`dcmip.memory.dcmip.head` is the stateful head
 around them.
 
 Memories (``C`` clusters, ``d`` the embedding size, ``K`` = 16 instances per cluster):
