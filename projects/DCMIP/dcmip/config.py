@@ -22,6 +22,20 @@ def add_dcmip_config(cfg):
     # Train images that cannot be opened or decoded: "error" stops naming the files,
     # "skip" drops them and logs how many (checked once, before the first epoch).
     _C.UNSUP.CORRUPT_IMAGES = "error"
+    # Evaluation result that picks model_best (and, in DCMIP stage 2, student or teacher):
+    # "mAP" (the authors' code), "metric" (fastreid's (mAP + Rank-1) / 2), or any other key of
+    # the evaluator's results, e.g. "Rank-1".
+    _C.UNSUP.SELECT_METRIC = "mAP"
+    # How the SOLVER.WARMUP_ITERS warm-up advances: "epoch" (the authors' O2CAP scheduler,
+    # stepped once per epoch: the factor is held for a whole epoch at the value of the epoch's
+    # first iteration, a staircase) or "iter" (fastreid's, linear per iteration). The length
+    # stays in iterations either way: O2CAP's 10 warm-up epochs of 400 are WARMUP_ITERS 4000.
+    _C.UNSUP.WARMUP_STEP = "epoch"
+    # Images per BatchNorm statistics group in training: the authors' DataParallel on 4 GPUs
+    # normalises each GPU's 64 images separately (and keeps the running statistics of the
+    # first group only). 0 = the whole batch of a process (fastreid's behaviour). Must divide
+    # the per-process batch SOLVER.IMS_PER_BATCH / world size.
+    _C.UNSUP.BN_GROUP_SIZE = 0
 
     # ---- clustering step (METHODS §1 steps 1-3) -------------------------------------------
     _C.UNSUP.CLUSTER = CN()
@@ -72,6 +86,10 @@ def add_dcmip_config(cfg):
     # Similarity ranking the online negatives Q2: "instance" (paper, Table III) or "balanced"
     # (authors' code).
     _C.UNSUP.O2CAP.ONLINE_NEGATIVES = "instance"
+    # Batch reduction of the baselines' losses "base" / "base2": "mean" (plain mean over the
+    # batch, the authors' baseline memory) or "per_camera" (the sum over cameras of per-camera
+    # means, like the camera-aware losses).
+    _C.UNSUP.O2CAP.BASELINE_REDUCTION = "mean"
 
     # ---- DCMIP (METHODS §4) ---------------------------------------------------------------
     _C.UNSUP.DCMIP = CN()
@@ -84,6 +102,11 @@ def add_dcmip_config(cfg):
     _C.UNSUP.DCMIP.STAGE1_EPOCHS = 40
     # EMA teacher momentum, per step: theta_t <- m theta_t + (1 - m) theta.
     _C.UNSUP.DCMIP.EMA_MOMENTUM = 0.999
+    # BatchNorm running statistics of the EMA teacher: "forward" (the authors' code: the
+    # teacher also runs in training mode on every batch, output unused, so its statistics come
+    # from its own activations; only the parameters are averaged) or "ema" (no extra forward:
+    # the student's running statistics are averaged into the teacher like the parameters).
+    _C.UNSUP.DCMIP.TEACHER_BN = "forward"
     # Learning-rate milestones (x SOLVER.GAMMA at each) in epochs counted from the first epoch of
     # each stage, replacing SOLVER.STEPS for DCMIP: stage 2 restarts from SOLVER.BASE_LR, which
     # fastreid's absolute steps cannot express. METHODS §4 "x0.1 every 20 epochs within each
