@@ -74,8 +74,10 @@ class NaiveO2CAPHead:
     """Per-image O2CAP head: ``reset``, ``forward`` (reduced losses), ``update``."""
 
     def __init__(self, losses: Sequence[str], temp: float = 0.07, momentum: float = 0.2, k1: int = 50,
-                 k2: int = 3, weight: float = 0.15, negatives: str = "instance"):
+                 k2: int = 3, weight: float = 0.15, negatives: str = "instance",
+                 baseline_reduction: str = "mean"):
         self.losses, self.temp, self.momentum = tuple(losses), temp, momentum
+        self.baseline_reduction = baseline_reduction
         self.k1, self.k2, self.weight, self.negatives = k1, k2, weight, negatives
         self.uses_proxies = any(n in ("offline", "online", "merge", "intra") for n in self.losses)
         self.uses_clusters = any(n in ("base", "base2") for n in self.losses)
@@ -136,7 +138,12 @@ class NaiveO2CAPHead:
                     elif name == "base2":
                         terms[name][i] = naive_multi_positive(cluster_cam[r], [y], cluster_cam[r].detach(), self.k1)
         self.terms = terms
-        return {f"loss_{name}": naive_camera_reduction(terms[name], cams_list) for name in self.losses}
+        return {f"loss_{name}": self._reduce(name, terms[name], cams_list) for name in self.losses}
+
+    def _reduce(self, name, terms, cams):
+        if name in ("base", "base2") and self.baseline_reduction == "mean":
+            return sum(terms) / len(terms)
+        return naive_camera_reduction(terms, cams)
 
     @torch.no_grad()
     def update(self, features, clusters, proxies):

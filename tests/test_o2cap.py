@@ -299,19 +299,21 @@ def test_per_image_terms_and_gradients_match_the_oracle(k1, negatives):
 
 # ---- the head against the per-image head ------------------------------------------------------
 
-ROWS_TO_CHECK = [(row, losses, "instance") for row, (losses, _) in TABLE_II.items()] + [
-    ("o2cap_balanced_negatives", ("offline", "online"), "balanced")]
+ROWS_TO_CHECK = [(row, losses, "instance", "mean") for row, (losses, _) in TABLE_II.items()] + [
+    ("o2cap_balanced_negatives", ("offline", "online"), "balanced", "mean"),
+    ("baselines_per_camera", ("base", "base2"), "instance", "per_camera")]
 
 
-@pytest.mark.parametrize("row,losses,negatives", ROWS_TO_CHECK, ids=[r[0] for r in ROWS_TO_CHECK])
-def test_head_matches_the_per_image_head(row, losses, negatives):
+@pytest.mark.parametrize("row,losses,negatives,reduction", ROWS_TO_CHECK, ids=[r[0] for r in ROWS_TO_CHECK])
+def test_head_matches_the_per_image_head(row, losses, negatives, reduction):
     """Three training steps: losses and their gradients (float64, <= 1e-5 and in fact ~1e-12),
     and the memories after each update."""
     pseudo = make_pseudo()
     k1 = 10
-    head = CameraAwareProxyMemory(make_cfg(losses, HARD_NEGATIVES=k1, ONLINE_NEGATIVES=negatives))
+    head = CameraAwareProxyMemory(make_cfg(losses, HARD_NEGATIVES=k1, ONLINE_NEGATIVES=negatives,
+                                           BASELINE_REDUCTION=reduction))
     head.reset(pseudo)
-    naive = NaiveO2CAPHead(losses, k1=k1, negatives=negatives)
+    naive = NaiveO2CAPHead(losses, k1=k1, negatives=negatives, baseline_reduction=reduction)
     naive.reset(pseudo.features, pseudo.clusters, pseudo.proxies, pseudo.cams)
     for rows, features in random_steps(pseudo, 3):
         batch = batch_of(pseudo, rows)
@@ -530,6 +532,7 @@ def test_cluster_balanced_sampler_batches():
     ("HARD_NEGATIVES", 0, "UNSUP.O2CAP.HARD_NEGATIVES"),
     ("ONLINE_POSITIVES", 0, "UNSUP.O2CAP.ONLINE_POSITIVES"),
     ("BALANCE_WEIGHT", 1.5, "UNSUP.O2CAP.BALANCE_WEIGHT"),
+    ("BASELINE_REDUCTION", "sum", "UNSUP.O2CAP.BASELINE_REDUCTION.*per_camera"),
 ])
 def test_bad_config_values_name_the_key_and_the_choices(key, value, message):
     cfg = make_cfg()

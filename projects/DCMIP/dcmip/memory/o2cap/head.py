@@ -25,6 +25,7 @@ from ..updates import normalized_centroids, sequential_momentum_update_
 PROXY_LOSSES = ("offline", "online", "merge", "intra")
 CLUSTER_LOSSES = ("base", "base2")
 ONLINE_NEGATIVES = ("instance", "balanced")
+BASELINE_REDUCTIONS = ("mean", "per_camera")
 
 
 def _check_losses(losses: Sequence[str]) -> Tuple[str, ...]:
@@ -64,7 +65,7 @@ class CameraAwareProxyMemory(MemoryHead):
 
     Config: ``UNSUP.MEMORY.TEMP`` (tau, 0.07), ``UNSUP.MEMORY.MOMENTUM`` (mu, 0.2) and the
     ``UNSUP.O2CAP`` keys ``LOSSES``, ``HARD_NEGATIVES`` (K1), ``ONLINE_POSITIVES`` (K2),
-    ``BALANCE_WEIGHT`` (w), ``ONLINE_NEGATIVES``.
+    ``BALANCE_WEIGHT`` (w), ``ONLINE_NEGATIVES``, ``BASELINE_REDUCTION``.
 
     When the online association runs (``online`` or ``merge``), the head accumulates the
     association statistics of Fig. 5 on the device and :meth:`epoch_statistics` returns their
@@ -82,6 +83,10 @@ class CameraAwareProxyMemory(MemoryHead):
         if self.online_negatives not in ONLINE_NEGATIVES:
             raise ValueError(f"UNSUP.O2CAP.ONLINE_NEGATIVES={self.online_negatives!r}: choose one of "
                              f"{ONLINE_NEGATIVES}")
+        self.baseline_reduction = o2cap.BASELINE_REDUCTION
+        if self.baseline_reduction not in BASELINE_REDUCTIONS:
+            raise ValueError(f"UNSUP.O2CAP.BASELINE_REDUCTION={self.baseline_reduction!r}: choose one of "
+                             f"{BASELINE_REDUCTIONS}")
         _check_range("UNSUP.MEMORY.MOMENTUM", self.momentum, 0.0, 1.0)
         if not self.temp > 0:
             raise ValueError(f"UNSUP.MEMORY.TEMP={self.temp!r}: must be a number > 0")
@@ -130,8 +135,11 @@ class CameraAwareProxyMemory(MemoryHead):
         self.statistic_counts.zero_()
 
     def forward(self, features: torch.Tensor, batch: Dict) -> Dict[str, torch.Tensor]:
-        """The configured losses of the batch, each reduced by :func:`per_camera_mean`, against
-        the memories as they are before this step's :meth:`update`."""
+        """The configured losses of the batch against the memories as they are before this
+        step's :meth:`update`, each reduced by :func:`per_camera_mean`, except the baselines'
+        under ``BASELINE_REDUCTION`` "mean": the plain batch mean of the authors' baseline
+        memory (O2CAP ``spcl/models/hm_for_baseline.py``, ``HybridMemory.forward``:
+        ``F.cross_entropy(inputs, targets)``)."""
         cams, clusters, proxies = batch["camids"], batch["clusters"], batch["proxies"]
         losses = {}
         if self.uses_proxies:
@@ -174,7 +182,9 @@ class CameraAwareProxyMemory(MemoryHead):
                 losses["loss_base"] = base_loss(cluster_scores, clusters)
             if "base2" in self.losses:
                 losses["loss_base2"] = base2_loss(cluster_scores, clusters, self.k1)
-        return {name: per_camera_mean(value, cams, self.num_cams) for name, value in losses.items()}
+        plain_mean = {"loss_base", "loss_base2"} if self.baseline_reduction == "mean" else set()
+        return {name: value.mean() if name in plain_mean else per_camera_mean(value, cams, self.num_cams)
+                for name, value in losses.items()}
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, batch: Dict) -> None:
