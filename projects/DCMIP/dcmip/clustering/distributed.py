@@ -9,7 +9,13 @@ pseudo labels. Typical hook code::
     labels = cluster_features(feats, ...) if rank == 0 else None
     labels = broadcast_labels(labels, src=0)
 
-Both functions are no-ops (single-process semantics) when ``torch.distributed`` is not
+With every rank holding the full features (``gather_features(..., dst=None)``),
+:func:`sharded_knn` splits the kNN search, the part of the clustering step that grows as N²:
+each rank searches its contiguous shard of the queries against all points on its own device,
+and the neighbour lists are all-gathered, so the kNN time divides by the world size and the
+Jaccard step on one rank starts from exactly the single-process ``initial_rank``.
+
+These functions are no-ops (single-process semantics) when ``torch.distributed`` is not
 initialised. With the NCCL backend the collectives run on the current CUDA device; with gloo
 on the CPU.
 """
@@ -19,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["gather_features", "broadcast_labels"]
+__all__ = ["gather_features", "broadcast_labels", "sharded_knn"]
 
 
 def gather_features(local_features: torch.Tensor,
@@ -103,6 +109,32 @@ def broadcast_labels(labels: Union[np.ndarray, torch.Tensor, None], src: int = 0
         values = torch.empty(int(length), dtype=torch.long, device=device)
     dist.broadcast(values, src=src)
     return values.cpu().numpy()
+
+
+def sharded_knn(features: torch.Tensor, k: int, method: str = "exact") -> np.ndarray:
+    """:func:`dcmip.clustering.knn.knn` of all N points, split over the ranks.
+
+    Every rank passes the same (N, d) features; rank r searches the queries
+    ``[r N / W, (r + 1) N / W)`` against all of them and the (N, k) int64 result, identical to
+    the single-process ``knn(features, k, method)``, is returned on every rank. For ``ivf`` and
+    ``hnsw`` every rank builds the same deterministic index, so only the search is divided.
+    """
+    from .knn import knn
+
+    n = int(features.shape[0])
+    if not _distributed():
+        return knn(features, k, method)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    bounds = [n * r // world for r in range(world + 1)]
+    local = torch.from_numpy(knn(features, k, method, rows=slice(bounds[rank], bounds[rank + 1])))
+    device = _comm_device()
+    # Collectives need equal shapes: pad every shard to the largest one.
+    width = max(b - a for a, b in zip(bounds, bounds[1:]))
+    padded = torch.full((width, local.shape[1]), -1, dtype=torch.long, device=device)
+    padded[:local.shape[0]] = local.to(device)
+    shards = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(shards, padded)
+    return torch.cat([s[:b - a] for s, a, b in zip(shards, bounds, bounds[1:])]).cpu().numpy()
 
 
 def _distributed() -> bool:

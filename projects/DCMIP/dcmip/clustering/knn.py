@@ -25,7 +25,8 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
 def knn(features: ArrayLike, k: int, method: str = "exact", *, nlist: Optional[int] = None,
-        nprobe: int = 16, hnsw_m: int = 32, ef_search: Optional[int] = None) -> np.ndarray:
+        nprobe: int = 16, hnsw_m: int = 32, ef_search: Optional[int] = None,
+        rows: Optional[slice] = None) -> np.ndarray:
     """Indices of every point's ``k`` nearest neighbours by Euclidean distance, itself first.
 
     Args:
@@ -39,9 +40,13 @@ def knn(features: ArrayLike, k: int, method: str = "exact", *, nlist: Optional[i
         nprobe: IVF lists visited per query.
         hnsw_m: HNSW graph degree.
         ef_search: HNSW search beam; default ``max(2k, 64)``.
+        rows: search only the queries ``features[rows]`` (a slice with step 1) against all
+            points; the result's row ``r`` is then point ``rows.start + r``. The index is the
+            same whatever the slice, so shards of the rows put together equal the full
+            result (:func:`dcmip.clustering.distributed.sharded_knn`).
 
     Returns:
-        (N, k) int64, row ``i`` sorted by increasing distance with ``i`` itself in column 0.
+        (N, k) int64 (or one row per point of ``rows``), row ``i`` sorted by increasing distance with ``i`` itself in column 0.
         Should an index rank another point first (an exact duplicate of ``i``) or miss ``i``
         (approximate search), ``i`` is moved or inserted there: every later step relies on
         each point being its own first neighbour.
@@ -57,21 +62,24 @@ def knn(features: ArrayLike, k: int, method: str = "exact", *, nlist: Optional[i
     if method not in KNN_METHODS:
         raise ValueError(f"unknown kNN method {method!r}; choose one of {KNN_METHODS}")
     k = int(k)
+    start, stop, step = (rows or slice(None)).indices(n)
+    if step != 1:
+        raise ValueError(f"rows = {rows!r} must be a contiguous slice (step 1)")
     on_gpu = isinstance(features, torch.Tensor) and features.is_cuda
     faiss_gpu = on_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
     if on_gpu and method == "exact" and not faiss_gpu:
-        return _self_first(_knn_torch(features.float(), k))
+        return _self_first(_knn_torch(features.float(), k, start, stop), start)
     x = _as_float32_numpy(features)
     index = _build_index(x, method, nlist, nprobe, hnsw_m,
                          ef_search if ef_search is not None else max(2 * k, 64))
     if faiss_gpu and method != "hnsw":  # faiss has no GPU HNSW
         gpu_resources = faiss.StandardGpuResources()  # must outlive the search below
         index = faiss.index_cpu_to_gpu(gpu_resources, features.device.index or 0, index)
-    _, rank = index.search(x, k)
+    _, rank = index.search(x[start:stop], k)
     if (rank < 0).any():
         raise ValueError(f"the {method!r} index returned fewer than k = {k} neighbours for some "
                          "points; raise nprobe (IVF) or ef_search (HNSW), or use method='exact'")
-    return _self_first(rank.astype(np.int64, copy=False))
+    return _self_first(rank.astype(np.int64, copy=False), start)
 
 
 def _check_features(features: ArrayLike) -> int:
@@ -123,22 +131,26 @@ def _build_index(x: np.ndarray, method: str, nlist: Optional[int], nprobe: int, 
     return index
 
 
-def _knn_torch(x: torch.Tensor, k: int, block: int = 4096) -> np.ndarray:
-    """Exact kNN by blocked matrix products on ``x``'s device (no faiss GPU build needed)."""
+def _knn_torch(x: torch.Tensor, k: int, first: int = 0, stop: Optional[int] = None,
+               block: int = 4096) -> np.ndarray:
+    """Exact kNN of the queries ``x[first:stop]`` by blocked matrix products on ``x``'s device
+    (no faiss GPU build needed)."""
+    stop = x.shape[0] if stop is None else stop
     sq = (x * x).sum(1)
     out = []
-    for start in range(0, x.shape[0], block):
-        q = x[start:start + block]
+    for start in range(first, stop, block):
+        q = x[start:min(start + block, stop)]
         # ||q - y||^2 minus the per-query constant ||q||^2: same order, one product.
         dist = sq[None, :] - 2.0 * (q @ x.T)
         out.append(dist.topk(k, dim=1, largest=False, sorted=True).indices.cpu())
     return torch.cat(out).numpy().astype(np.int64, copy=False)
 
 
-def _self_first(rank: np.ndarray) -> np.ndarray:
-    """Put every point first in its own list (moved there, or inserted dropping the last)."""
+def _self_first(rank: np.ndarray, first: int = 0) -> np.ndarray:
+    """Put every point first in its own list (moved there, or inserted dropping the last);
+    row ``r`` is point ``first + r``."""
     n, k = rank.shape
-    own = np.arange(n)
+    own = np.arange(first, first + n)
     bad = np.flatnonzero(rank[:, 0] != own)
     if bad.size == 0:
         return rank
