@@ -10,8 +10,7 @@ from fastreid.data.transforms import build_transforms
 from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 
-from ..clustering import camera_aware_proxies, cluster_features, pseudo_label_scores
-from ..clustering.distributed import broadcast_labels
+from ..clustering import camera_aware_proxies, cluster_features_distributed, pseudo_label_scores
 from ..data.pseudo_dataset import PseudoLabelDataset, collate_with_multiplicity
 from ..registry import TrainingStopped
 from ..sampling import build_sampler
@@ -41,8 +40,8 @@ class ClusteringHook(HookBase):
     """Before every epoch (METHODS §1): extract the train features, cluster them (Jaccard +
     DBSCAN), drop the outliers, rebuild the memory and the train loader, log the statistics.
 
-    Clustering runs on rank 0 and its labels are broadcast, so every rank trains on the same
-    pseudo labels.
+    Under DDP the kNN search is split over the ranks, the Jaccard distance and DBSCAN run on
+    rank 0 and its labels are broadcast, so every rank trains on the same pseudo labels.
     """
 
     def __init__(self, cfg, train_items: List[Tuple[str, object, int]]):
@@ -73,12 +72,9 @@ class ClusteringHook(HookBase):
         extract_time = time.perf_counter() - start
 
         start = time.perf_counter()
-        labels = None
-        if comm.is_main_process():
-            c = cfg.UNSUP.CLUSTER
-            labels = cluster_features(source, k1=c.K1, k2=c.K2, eps=c.EPS,
-                                      min_samples=c.MIN_SAMPLES, knn=c.KNN)
-        labels = torch.from_numpy(broadcast_labels(labels)).long()
+        c = cfg.UNSUP.CLUSTER
+        labels = torch.from_numpy(cluster_features_distributed(
+            source, k1=c.K1, k2=c.K2, eps=c.EPS, min_samples=c.MIN_SAMPLES, knn=c.KNN)).long()
         cluster_time = time.perf_counter() - start
 
         self.pseudo = self._pseudo_labels(epoch, labels, features, teacher_features)
