@@ -16,7 +16,6 @@ from dcmip.memory.dcmip.functional import (cluster_contrast_loss, init_instance_
                                 update_proxy_b_)
 from dcmip.memory.updates import hardest_momentum_update_, sequential_momentum_update_
 from dcmip.modeling.ema import ema_update_
-from dcmip.sampling import build_sampler
 from dcmip.structures import PseudoLabels
 from fastreid.config import get_cfg
 from naive_dcmip import (NaiveDCMIPHead, naive_cluster_contrast_loss, naive_hardest_update_, naive_instance_loss,
@@ -374,57 +373,3 @@ def test_ema_update_converges_and_keeps_equal_entries_exact():
 def test_ema_update_rejects_different_models():
     with pytest.raises(ValueError, match="differ"):
         ema_update_(Tiny(0), nn.Linear(3, 4), 0.999)
-
-
-# ---- camera-diverse sampler --------------------------------------------------------------------
-
-def sampler_pseudo():
-    """Cluster 0: 40 images over 4 cameras; 1: 6 images over 2 cameras; 2: 5 images, one
-    camera; 3: a singleton; 4: 20 images, 17 of camera 0 and 3 of camera 1; 5: 16 images, 1 of
-    camera 0 and 15 of camera 1."""
-    cams = ([c % 4 for c in range(40)] + [0, 1, 0, 1, 0, 1] + [2] * 5 + [3] + [0] * 17 + [1] * 3
-            + [0] + [1] * 15)
-    clusters = [0] * 40 + [1] * 6 + [2] * 5 + [3] + [4] * 20 + [5] * 16
-    n = len(cams)
-    return PseudoLabels(features=torch.zeros(n, 2), clusters=torch.tensor(clusters), cams=torch.tensor(cams),
-                        proxies=torch.tensor(clusters), indices=torch.arange(n))
-
-
-def test_camera_diverse_sampler_groups():
-    cfg = dcmip_cfg()
-    cfg.UNSUP.SAMPLER.NAME = "CameraDiverseSampler"
-    cfg.UNSUP.SAMPLER.NUM_INSTANCES = 16
-    cfg.SOLVER.IMS_PER_BATCH = 32
-    pseudo = sampler_pseudo()
-    clusters, cams = pseudo.clusters.numpy(), pseudo.cams.numpy()
-    sampler = build_sampler(cfg, pseudo, seed=0)
-    batches = sampler.global_batches()
-    seen = Counter()
-    for _ in range(120):  # 40 passes over the 6 clusters
-        batch = np.array(next(batches))
-        assert len(batch) == 32
-        for group in batch.reshape(2, 16):
-            y = clusters[group[0]]
-            assert (clusters[group] == y).all()
-            anchor_cam, rest = cams[group[0]], group[1:]
-            seen[y] += 1
-            if y == 0:  # 30 images of other cameras: 15 distinct
-                assert (cams[rest] != anchor_cam).all() and len(set(rest)) == 15
-            elif y == 1:  # 3 images of the other camera: with replacement
-                assert (cams[rest] != anchor_cam).all()
-            elif y == 4:  # anchor of camera 1: 17 of camera 0, without replacement; of camera 0: 3, with
-                assert (cams[rest] != anchor_cam).all()
-                assert len(set(rest)) == (15 if anchor_cam == 1 else 3)
-            elif y == 2:  # one camera: the cluster's other images
-                assert set(rest) <= set(np.flatnonzero(clusters == 2)) - {group[0]}
-            elif y == 3:  # singleton: its anchor
-                assert (rest == group[0]).all()
-            else:  # anchor of camera 0: 15 < K = 16 of camera 1, so with replacement (METHODS §4)
-                assert (cams[rest] != anchor_cam).all()
-                if anchor_cam == 0:
-                    assert len(set(rest)) < 15
-    assert set(seen) == set(range(6)) and max(seen.values()) - min(seen.values()) <= 1
-    # Same seed, same stream.
-    one = build_sampler(cfg, pseudo, seed=0).global_batches()
-    two = build_sampler(cfg, pseudo, seed=0).global_batches()
-    assert [next(one) for _ in range(5)] == [next(two) for _ in range(5)]

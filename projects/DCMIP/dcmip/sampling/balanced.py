@@ -1,5 +1,5 @@
 """P x K samplers: P groups (proxies or clusters) per batch, K images each (METHODS §2)."""
-from typing import Iterator, List
+from typing import List
 
 import numpy as np
 
@@ -7,32 +7,29 @@ from .base import SAMPLER_REGISTRY, PseudoLabelSampler, group_rows
 
 
 class _GroupBalancedSampler(PseudoLabelSampler):
-    """Shuffle the groups; for each, K of its images: without repetition when it has at least
-    K, otherwise its list repeated K times, shuffled, cut to K. Batches are consecutive runs of
-    ``batch_size`` indices over these passes."""
+    """O2CAP's ``ClassUniformlySampler``: a pass shuffles the groups and takes K images of
+    each: without repetition when it has at least K, otherwise its list repeated K times,
+    shuffled, cut to K. Passes are cut into batches as in :class:`PseudoLabelSampler`."""
 
     def group_labels(self) -> np.ndarray:
         raise NotImplementedError
 
-    def global_batches(self) -> Iterator[List[int]]:
-        groups = group_rows(self.group_labels())
-        k, rng = self.num_instances, self.rng
-        pending: List[int] = []
-        while True:
-            for g in rng.permutation(len(groups)):
-                rows = groups[g]
-                if len(rows) >= k:
-                    pending.extend(rng.choice(rows, size=k, replace=False).tolist())
-                else:
-                    pending.extend(rng.permutation(np.tile(rows, k))[:k].tolist())
-                while len(pending) >= self.batch_size:
-                    yield pending[:self.batch_size]
-                    pending = pending[self.batch_size:]
+    def draw_pass(self) -> List[int]:
+        if not hasattr(self, "_groups"):
+            self._groups = group_rows(self.group_labels())
+        k, rng, drawn = self.num_instances, self.rng, []
+        for g in rng.permutation(len(self._groups)):
+            rows = self._groups[g]
+            if len(rows) >= k:
+                drawn.extend(rng.choice(rows, size=k, replace=False).tolist())
+            else:
+                drawn.extend(rng.permutation(np.tile(rows, k))[:k].tolist())
+        return drawn
 
 
 @SAMPLER_REGISTRY.register()
 class ClusterBalancedSampler(_GroupBalancedSampler):
-    """P clusters x K images (Cluster Contrast; the cluster-balanced O2CAP ablations)."""
+    """P clusters x K images (the cluster-balanced O2CAP ablations of Table II)."""
 
     def group_labels(self) -> np.ndarray:
         return self.pseudo.clusters.cpu().numpy()

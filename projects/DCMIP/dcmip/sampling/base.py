@@ -3,6 +3,12 @@
 Samplers draw training batches over the epoch's pseudo-labelled images. Every rank draws the
 same *global* batch stream from the same seed and keeps its contiguous slice, so that the
 all-gathered batch in rank order is exactly the single-process batch (METHODS §5).
+
+Batches are cut from *passes*, as the authors' loaders do it: a pass visits every group
+(cluster or proxy) once in a shuffled order and lists the images drawn for it; the pass is cut
+into consecutive batches of ``batch_size`` and the images left over at its end are dropped
+(``DataLoader(sampler, batch_size, drop_last=True)`` re-iterated by ``IterLoader`` in the
+cluster-contrast, O2CAP and DCMIP code).
 """
 from typing import Iterator, List
 
@@ -21,8 +27,8 @@ SAMPLER_REGISTRY.__doc__ = "Samplers over pseudo-labelled images."
 class PseudoLabelSampler(Sampler):
     """Infinite stream of row indices (into :class:`PseudoLabels`) for one rank.
 
-    Subclasses implement :meth:`global_batches`, an infinite iterator of global batches
-    (lists of ``batch_size`` row indices), drawing all randomness from ``self.rng``.
+    Subclasses implement :meth:`draw_pass`, one pass over the groups, drawing all randomness
+    from ``self.rng``; :meth:`global_batches` cuts the passes into global batches.
     """
 
     def __init__(self, pseudo: PseudoLabels, batch_size: int, num_instances: int, seed: int,
@@ -39,8 +45,29 @@ class PseudoLabelSampler(Sampler):
         self.rank, self.world_size = rank, world_size
         self.rng = np.random.default_rng(seed)
 
-    def global_batches(self) -> Iterator[List[int]]:
+    def draw_pass(self) -> List[int]:
+        """Row indices of one pass over the groups, in batch order."""
         raise NotImplementedError
+
+    def global_batches(self) -> Iterator[List[int]]:
+        """Infinite iterator of global batches (lists of ``batch_size`` row indices).
+
+        Each pass is cut into batches and its leftover dropped. A pass too short to fill one
+        batch (e.g. an epoch of singleton clusters) is carried into the next instead: the
+        authors' loader would raise ``StopIteration`` there, and a degenerate epoch should
+        still train.
+        """
+        pending: List[int] = []
+        while True:
+            drawn = self.draw_pass()
+            if not drawn:
+                raise ValueError("the sampler drew an empty pass: the pseudo labels hold no images.")
+            pending.extend(drawn)
+            full = len(pending) // self.batch_size
+            for b in range(full):
+                yield pending[b * self.batch_size:(b + 1) * self.batch_size]
+            if full:
+                pending = []
 
     def __iter__(self):
         local = self.batch_size // self.world_size
@@ -54,8 +81,6 @@ def group_rows(labels: np.ndarray) -> List[np.ndarray]:
     order = np.argsort(labels, kind="stable")
     bounds = np.flatnonzero(np.diff(labels[order])) + 1
     return np.split(order, bounds)
-
-
 
 
 def build_sampler(cfg, pseudo: PseudoLabels, seed: int, rank: int = 0, world_size: int = 1):
