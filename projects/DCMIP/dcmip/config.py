@@ -37,6 +37,13 @@ def add_dcmip_config(cfg):
     # the per-process batch SOLVER.IMS_PER_BATCH / world size.
     _C.UNSUP.BN_GROUP_SIZE = 0
 
+    # ---- data -----------------------------------------------------------------------------
+    _C.UNSUP.DATA = CN()
+    # Your own unlabelled cameras for DATASETS.NAMES ("CameraFolders",): a folder with one
+    # sub-folder per camera (<camera>/**/*.jpg|png|bmp) or a CSV file with a path,camera header.
+    # "" = $FASTREID_DATASETS/camera_folders.
+    _C.UNSUP.DATA.CAMERA_FOLDERS = ""
+
     # ---- clustering step (METHODS §1 steps 1-3) -------------------------------------------
     _C.UNSUP.CLUSTER = CN()
     # k-reciprocal neighbourhood size k1 and query-expansion size k2 of the Jaccard distance.

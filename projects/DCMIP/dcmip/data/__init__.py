@@ -1,11 +1,14 @@
-"""Data: the generated demo dataset and the Market-format datasets registered in fastreid.
+"""Data: the generated demo dataset, the Market-format datasets and your own cameras' folders,
+registered in fastreid.
 
-Importing this package registers ``DemoMarket`` and ``MarketSplit`` in fastreid's
-``DATASET_REGISTRY`` (see :mod:`dcmip.data.datasets`); :mod:`dcmip.data.demo` makes the demo
-data and needs neither torch nor fastreid.
+Importing this package registers ``DemoMarket`` and ``MarketSplit`` (see
+:mod:`dcmip.data.datasets`) and ``CameraFolders`` (unlabelled, see
+:mod:`dcmip.data.camera_folders`) in fastreid's ``DATASET_REGISTRY``; :mod:`dcmip.data.demo`
+makes the demo data and needs neither torch nor fastreid.
 """
+from .camera_folders import CameraFolders, list_images
 from .datasets import DemoMarket, MarketFormat, MarketSplit, parse_market_folder, split_identities
 from .demo import generate_demo_dataset
 
-__all__ = ["DemoMarket", "MarketFormat", "MarketSplit", "parse_market_folder", "split_identities",
-           "generate_demo_dataset"]
+__all__ = ["CameraFolders", "list_images", "DemoMarket", "MarketFormat", "MarketSplit",
+           "parse_market_folder", "split_identities", "generate_demo_dataset"]

@@ -1,4 +1,5 @@
 """Config set-up and the train / eval entry point behind ``tools/train_net.py``."""
+import argparse
 import logging
 import os
 
@@ -16,7 +17,7 @@ from ..config import add_dcmip_config
 from ..memory import MEMORY_HEAD_REGISTRY
 from ..registry import UserInputError, lookup
 from ..sampling import SAMPLER_REGISTRY
-from .checkpoint import AtomicCheckpointer, checkpoint_metadata
+from .inference import load_model
 from .trainer import UnsupervisedTrainer
 from .two_stage import TwoStageTrainer
 
@@ -53,6 +54,16 @@ def load_cfg(args):
     return cfg
 
 
+def setup_tool_cfg(config_file: str, opts):
+    """The checked, frozen config of a tool that runs a trained model (extract_features,
+    visualize_ranks, export_onnx): checked like ``--eval-only``, logging to the console only."""
+    cfg = load_cfg(argparse.Namespace(config_file=config_file, opts=list(opts), eval_only=True))
+    cfg.freeze()
+    setup_logger(name="fastreid")
+    setup_logger(name="dcmip", abbrev_name="dcmip")
+    return cfg
+
+
 def check_cfg(cfg, eval_only: bool = False) -> None:
     """Raise :class:`UserInputError` for problems the user can fix, before anything runs."""
     lookup(MEMORY_HEAD_REGISTRY, cfg.UNSUP.MEMORY.NAME, "UNSUP.MEMORY.NAME")
@@ -60,13 +71,16 @@ def check_cfg(cfg, eval_only: bool = False) -> None:
     for name in cfg.DATASETS.NAMES:
         lookup(DATASET_REGISTRY, name, "DATASETS.NAMES")
     for name in cfg.DATASETS.TESTS:
-        lookup(DATASET_REGISTRY, name, "DATASETS.TESTS")
+        if not getattr(lookup(DATASET_REGISTRY, name, "DATASETS.TESTS"), "has_identities", True):
+            raise UserInputError(
+                f"DATASETS.TESTS: {name} has no identities, so there is no query / gallery to evaluate. "
+                f"Name a labelled Market-layout test set there (e.g. DemoMarket), or leave it empty.")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise UserInputError(
             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no GPU is visible to torch. Run on a GPU machine, "
             f"or pass MODEL.DEVICE cpu (the *_cpu.yml configs are sized for a CPU).")
     if eval_only and not cfg.MODEL.WEIGHTS:
-        logger.warning("--eval-only without MODEL.WEIGHTS: evaluating the initial (ImageNet) weights.")
+        logger.warning("no MODEL.WEIGHTS: using the initial (ImageNet) weights.")
     if eval_only and cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
         raise UserInputError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: no such checkpoint. Training writes "
                                 f"model_best.pth / model_final.pth into OUTPUT_DIR.")
@@ -86,14 +100,7 @@ def check_cfg(cfg, eval_only: bool = False) -> None:
 def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
-        if cfg.MODEL.WEIGHTS:
-            cfg.defrost()
-            cfg.MODEL.BACKBONE.PRETRAIN = False
-            cfg.freeze()
-        model = UnsupervisedTrainer.build_model(cfg)
-        if cfg.MODEL.WEIGHTS:
-            AtomicCheckpointer(model, metadata=checkpoint_metadata(cfg)).load(cfg.MODEL.WEIGHTS, checkpointables=[])
-        return UnsupervisedTrainer.test(cfg, model)
+        return UnsupervisedTrainer.test(cfg, load_model(cfg))
     trainer = build_trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

@@ -44,7 +44,9 @@ class ClusteringHook(HookBase):
     rank 0 and its labels are broadcast, so every rank trains on the same pseudo labels.
     """
 
-    def __init__(self, cfg, train_items: List[Tuple[str, object, int]]):
+    def __init__(self, cfg, train_items: List[Tuple[str, object, int]], label_stats: bool = True):
+        """``label_stats`` False: the items' pids are not identities (unlabelled data), so no
+        NMI / ARI whatever UNSUP.LABEL_STATS says."""
         self.cfg = cfg
         self.items = train_items
         self.paths = [it[0] for it in train_items]
@@ -53,7 +55,8 @@ class ClusteringHook(HookBase):
         self.cams = torch.tensor([cam_index[it[2]] for it in train_items])
         pid_values = sorted({it[1] for it in train_items}, key=str)
         pid_index = {p: i for i, p in enumerate(pid_values)}
-        self.true_ids = torch.tensor([pid_index[it[1]] for it in train_items]) if cfg.UNSUP.LABEL_STATS else None
+        self.true_ids = (torch.tensor([pid_index[it[1]] for it in train_items])
+                         if cfg.UNSUP.LABEL_STATS and label_stats else None)
         self.transform = build_transforms(cfg, is_train=True)
         self.pseudo = None
 

@@ -35,11 +35,20 @@ def load_train_items(cfg) -> List[Tuple[str, object, int]]:
     items = []
     for name in cfg.DATASETS.NAMES:
         dataset_cls = lookup(DATASET_REGISTRY, name, "DATASETS.NAMES")
-        dataset = dataset_cls(root=data_build._root)
+        # Datasets that read config keys (CameraFolders) declare them; fastreid passes root only.
+        kwargs = dataset_cls.config_kwargs(cfg) if hasattr(dataset_cls, "config_kwargs") else {}
+        dataset = dataset_cls(root=data_build._root, **kwargs)
         if comm.is_main_process():
             dataset.show_train()
         items.extend(dataset.train)
     return check_images(items, cfg.UNSUP.CORRUPT_IMAGES)
+
+
+def train_has_identities(cfg) -> bool:
+    """Whether every train dataset has true identities to score pseudo labels against (NMI /
+    ARI); unlabelled ones (CameraFolders) declare ``has_identities = False``."""
+    return all(getattr(lookup(DATASET_REGISTRY, name, "DATASETS.NAMES"), "has_identities", True)
+               for name in cfg.DATASETS.NAMES)
 
 
 class StepRunner:
@@ -176,7 +185,7 @@ class UnsupervisedTrainer(DefaultTrainer):
             # zero) when a resumed run's first write comes sooner.
             hooks.IterationTimer(warmup_iter=1),
             StageLRScheduler(cfg, self.optimizer),
-            ClusteringHook(cfg, self.train_items),
+            ClusteringHook(cfg, self.train_items, label_stats=train_has_identities(cfg)),
             EpochEvalHook(cfg.TEST.EVAL_PERIOD, self.evaluate),
             EpochCheckpointer(cfg.SOLVER.CHECKPOINT_PERIOD),
         ]
