@@ -73,11 +73,27 @@ def add_dcmip_config(cfg):
 
     # ---- sampler --------------------------------------------------------------------------
     _C.UNSUP.SAMPLER = CN()
-    # Registered name in dcmip.sampling.SAMPLER_REGISTRY: "ClusterBalancedSampler",
-    # "ProxyBalancedSampler" (O2CAP), "CameraDiverseSampler" (DCMIP).
+    # Registered name in dcmip.sampling.SAMPLER_REGISTRY: "ClusterBalancedSampler" (O2CAP's
+    # cluster-balanced ablations), "ProxyBalancedSampler" (O2CAP), "RandomMultipleGallerySampler"
+    # (Cluster Contrast and DCMIP; "CameraDiverseSampler" is the same rule under its old name).
     _C.UNSUP.SAMPLER.NAME = "ClusterBalancedSampler"
     # Images per cluster / proxy in a batch (K); the batch holds IMS_PER_BATCH / K groups.
     _C.UNSUP.SAMPLER.NUM_INSTANCES = 4
+
+    # ---- random erasing of the train images (INPUT.REA.ENABLED / PROB switch it) ------------
+    _C.UNSUP.REA = CN()
+    # "authors": the cluster-contrast / O2CAP / DCMIP RandomErasing (dcmip.data.transforms):
+    # area ~ U(AREA), aspect ~ U(MIN_ASPECT, 1 / MIN_ASPECT), region filled so that it reads
+    # FILL after the model's normalisation. "fastreid": torchvision's RandomErasing as fastreid
+    # builds it (scale 0.02-0.33, log-uniform aspect 0.3-3.3, value INPUT.REA.VALUE).
+    _C.UNSUP.REA.MODE = "authors"
+    # Erased fraction of the image area, drawn uniformly (the authors' sl, sh).
+    _C.UNSUP.REA.AREA = (0.02, 0.4)
+    # Smallest height / width ratio of the erased region (the authors' r1; the largest is 1 / r1).
+    _C.UNSUP.REA.MIN_ASPECT = 0.3
+    # Value of the erased pixels after the model's (x - PIXEL_MEAN) / PIXEL_STD: the authors
+    # write ImageNet's mean (0.485, 0.456, 0.406) into the already normalised tensor.
+    _C.UNSUP.REA.FILL = (0.485, 0.456, 0.406)
 
     # ---- O2CAP (METHODS §2) ---------------------------------------------------------------
     _C.UNSUP.O2CAP = CN()

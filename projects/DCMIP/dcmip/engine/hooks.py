@@ -6,12 +6,12 @@ from typing import List, Tuple
 import numpy as np
 import torch
 
-from fastreid.data.transforms import build_transforms
 from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 
 from ..clustering import camera_aware_proxies, cluster_features_distributed, pseudo_label_scores
 from ..data.pseudo_dataset import PseudoLabelDataset, collate_with_multiplicity
+from ..data.transforms import build_train_transforms
 from ..registry import TrainingStopped
 from ..sampling import build_sampler
 from ..structures import PseudoLabels
@@ -57,7 +57,7 @@ class ClusteringHook(HookBase):
         pid_index = {p: i for i, p in enumerate(pid_values)}
         self.true_ids = (torch.tensor([pid_index[it[1]] for it in train_items])
                          if cfg.UNSUP.LABEL_STATS and label_stats else None)
-        self.transform = build_transforms(cfg, is_train=True)
+        self.transform = build_train_transforms(cfg)
         self.pseudo = None
 
     def before_epoch(self):
