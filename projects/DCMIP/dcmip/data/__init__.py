@@ -3,12 +3,14 @@ registered in fastreid.
 
 Importing this package registers ``DemoMarket`` and ``MarketSplit`` (see
 :mod:`dcmip.data.datasets`) and ``CameraFolders`` (unlabelled, see
-:mod:`dcmip.data.camera_folders`) in fastreid's ``DATASET_REGISTRY``; :mod:`dcmip.data.demo`
+:mod:`dcmip.data.camera_folders`) and ``MSMT17TrainVal`` (MSMT17's train + val lists, see
+:mod:`dcmip.data.msmt17`) in fastreid's ``DATASET_REGISTRY``; :mod:`dcmip.data.demo`
 makes the demo data and needs neither torch nor fastreid.
 """
 from .camera_folders import CameraFolders, list_images
 from .datasets import DemoMarket, MarketFormat, MarketSplit, parse_market_folder, split_identities
 from .demo import generate_demo_dataset
+from .msmt17 import MSMT17TrainVal
 
 __all__ = ["CameraFolders", "list_images", "DemoMarket", "MarketFormat", "MarketSplit",
-           "parse_market_folder", "split_identities", "generate_demo_dataset"]
+           "parse_market_folder", "split_identities", "generate_demo_dataset", "MSMT17TrainVal"]
