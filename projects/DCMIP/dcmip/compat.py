@@ -21,9 +21,10 @@ CPU paths (patched after import, only change behaviour when there is no CUDA dev
      prefetch thread. Without CUDA we hand out a plain ``DataLoader`` (no pinned memory).
   6. ``launch``'s worker asserts CUDA and always initialises NCCL. Without CUDA (or with
      fewer GPUs than processes) we initialise gloo and skip ``set_device``, so
-     ``--num-gpus N`` runs N CPU processes. Bad input and stopped training
-     (``UserInputError``, ``TrainingStopped``) end a worker with one ``error:`` line and
-     exit code ``USER_ERROR_EXIT_CODE`` instead of a traceback (on GPUs too).
+     ``--num-gpus N`` runs N CPU processes. The rest of the worker is
+     :func:`dcmip.engine.launch.run_worker`, shared with torchrun: bad input and stopped
+     training (``UserInputError``, ``TrainingStopped``) end a worker with one ``error:`` line
+     and exit code ``USER_ERROR_EXIT_CODE`` instead of a traceback (on GPUs too).
   7. ``ReidEvaluator`` compiles its optional Cython ranking module into site-packages on first
      use and calls ``sys.exit(1)`` when that fails (no Cython, read-only install). We skip the
      compilation; ``fastreid.evaluation.rank`` then uses the Cython module if it was built and
@@ -86,7 +87,6 @@ def distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine, 
     import logging
 
     import torch.distributed as dist
-    from fastreid.utils import comm
 
     use_cuda = torch.cuda.is_available() and torch.cuda.device_count() >= num_gpus_per_machine
     global_rank = machine_rank * num_gpus_per_machine + local_rank
@@ -98,24 +98,8 @@ def distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine, 
         raise
     if use_cuda:
         torch.cuda.set_device(local_rank)
-    comm.synchronize()
-
-    assert comm._LOCAL_PROCESS_GROUP is None
-    num_machines = world_size // num_gpus_per_machine
-    for i in range(num_machines):
-        ranks_on_i = list(range(i * num_gpus_per_machine, (i + 1) * num_gpus_per_machine))
-        pg = dist.new_group(ranks_on_i)
-        if i == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = pg
-
-    from .registry import TrainingStopped, UserInputError
-    try:
-        main_func(*args)
-    except (UserInputError, TrainingStopped) as e:
-        # One line per rank instead of torch.multiprocessing's traceback of the worker; the
-        # exit code tells tools/train_net.py that the message has been printed.
-        print(f"error{f' (rank {global_rank})' if global_rank else ''}: {e}", file=sys.stderr, flush=True)
-        sys.exit(USER_ERROR_EXIT_CODE)
+    from .engine.launch import run_worker
+    run_worker(main_func, args, num_gpus_per_machine, machine_rank, global_rank)
 
 
 def apply_fastreid_compat():
