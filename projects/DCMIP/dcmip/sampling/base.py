@@ -75,6 +75,26 @@ class PseudoLabelSampler(Sampler):
         for batch in self.global_batches():
             yield from batch[lo:lo + local]
 
+    def with_positions(self) -> "PositionedSampler":
+        """This rank's stream as ``(position, row)`` pairs, ``position`` the image's place in
+        the global stream (batch b, slot j: ``b * batch_size + j``), whatever the world size."""
+        return PositionedSampler(self)
+
+
+class PositionedSampler(Sampler):
+    """``(position in the global stream, row)`` for each item of a :class:`PseudoLabelSampler`
+    rank's stream. The position identifies one draw of an image independently of the number
+    of processes, so per-sample randomness (augmentation) can be seeded from it."""
+
+    def __init__(self, sampler: PseudoLabelSampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        s = self.sampler
+        local = s.batch_size // s.world_size
+        for k, row in enumerate(s):
+            yield (k // local) * s.batch_size + s.rank * local + k % local, row
+
 
 def group_rows(labels: np.ndarray) -> List[np.ndarray]:
     """Row indices of each label value 0..max, in ascending row order."""
