@@ -135,8 +135,8 @@ class ClusteringHook(HookBase):
         local_batch = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
         return data_loader_x(
             comm.get_local_rank(),
-            dataset=PseudoLabelDataset(self.paths, self.pseudo, self.transform),
-            batch_sampler=torch.utils.data.BatchSampler(sampler, local_batch, drop_last=True),
+            dataset=PseudoLabelDataset(self.paths, self.pseudo, self.transform, seed=cfg.UNSUP.SEED),
+            batch_sampler=torch.utils.data.BatchSampler(sampler.with_positions(), local_batch, drop_last=True),
             collate_fn=collate_with_multiplicity,
             num_workers=cfg.DATALOADER.NUM_WORKERS,
             pin_memory=True,
