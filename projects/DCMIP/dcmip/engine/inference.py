@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastreid.data.data_utils import read_image
+from fastreid.data.transforms import build_transforms
+
 from ..data.camera_folders import camera_index
 from ..registry import UserInputError
 from .checkpoint import AtomicCheckpointer, checkpoint_metadata
@@ -30,6 +33,9 @@ def load_model(cfg) -> nn.Module:
     model = UnsupervisedTrainer.build_model(cfg)
     if cfg.MODEL.WEIGHTS:
         AtomicCheckpointer(model, metadata=checkpoint_metadata(cfg)).load(cfg.MODEL.WEIGHTS, checkpointables=[])
+    else:
+        # Said here, once per process, rather than by the config check that runs twice.
+        logger.warning("no MODEL.WEIGHTS: using the initial (ImageNet) weights.")
     return model.eval()
 
 
@@ -54,6 +60,13 @@ def image_features(cfg, model: nn.Module, paths: Sequence[str], cams: Optional[S
     cams = list(cams) if cams is not None else [-1] * len(paths)
     items = [(path, -1, cam) for path, cam in zip(paths, cams)]
     return extract_features(cfg, model, items, desc="features").cpu().numpy().astype(np.float32)
+
+
+def load_test_images(cfg, paths: Sequence[str]) -> torch.Tensor:
+    """(N, 3, H, W) float images in [0, 255] as the model sees them: fastreid's test transform
+    (resize to INPUT.SIZE_TEST, bicubic; no scaling)."""
+    transform = build_transforms(cfg, is_train=False)
+    return torch.stack([transform(read_image(path)) for path in paths])
 
 
 def save_features(path: str, features: np.ndarray, paths: Sequence[str], cams: Sequence[int],
