@@ -26,6 +26,10 @@ def add_dcmip_config(cfg):
     # "mAP" (the authors' code), "metric" (fastreid's (mAP + Rank-1) / 2), or any other key of
     # the evaluator's results, e.g. "Rank-1".
     _C.UNSUP.SELECT_METRIC = "mAP"
+    # Test-set evaluator: "blocked" (dcmip.evaluation: exact, the same numbers as fastreid's in
+    # blocks of queries, never the full distance matrix; no TEST.AQE / RERANK / ROC) or
+    # "fastreid" (fastreid's ReidEvaluator: argsorts the full matrix, slow without its Cython).
+    _C.UNSUP.EVALUATOR = "blocked"
     # How the SOLVER.WARMUP_ITERS warm-up advances: "epoch" (the authors' O2CAP scheduler,
     # stepped once per epoch: the factor is held for a whole epoch at the value of the epoch's
     # first iteration, a staircase) or "iter" (fastreid's, linear per iteration). The length

@@ -14,6 +14,7 @@ from fastreid.utils.logger import setup_logger
 from fastreid.data.datasets import DATASET_REGISTRY
 
 from ..config import add_dcmip_config
+from ..evaluation.evaluator import check_evaluator_config
 from ..memory import MEMORY_HEAD_REGISTRY
 from ..registry import UserInputError, lookup
 from ..sampling import SAMPLER_REGISTRY
@@ -75,6 +76,7 @@ def check_cfg(cfg, eval_only: bool = False) -> None:
             raise UserInputError(
                 f"DATASETS.TESTS: {name} has no identities, so there is no query / gallery to evaluate. "
                 f"Name a labelled Market-layout test set there (e.g. DemoMarket), or leave it empty.")
+    check_evaluator_config(cfg)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise UserInputError(
             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no GPU is visible to torch. Run on a GPU machine, "

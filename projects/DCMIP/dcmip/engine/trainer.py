@@ -21,6 +21,7 @@ from fastreid.utils.events import CommonMetricPrinter, get_event_storage
 from fastreid.utils.logger import setup_logger
 
 from ..data.checks import check_images
+from ..evaluation.evaluator import BlockedReidEvaluator, check_evaluator_config
 from ..registry import TrainingStopped, lookup
 from .checkpoint import AtomicCheckpointer, checkpoint_metadata
 from .events import EpochJSONWriter
@@ -162,6 +163,17 @@ class UnsupervisedTrainer(DefaultTrainer):
         # fastreid's default flattens the parameters into one buffer (ContiguousParams), which
         # silently stops training once torch 2's zero_grad sets gradients to None.
         return build_optimizer(cfg, model, contiguous=False)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_dir=None):
+        # DefaultTrainer.test (training evaluations and --eval-only) builds its evaluator here.
+        # UNSUP.EVALUATOR blocked: exact ranking without the full distance matrix (fastreid's
+        # pure-Python path takes minutes on MSMT17-sized test sets).
+        check_evaluator_config(cfg)
+        if cfg.UNSUP.EVALUATOR == "fastreid":
+            return super().build_evaluator(cfg, dataset_name, output_dir)
+        data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
+        return data_loader, BlockedReidEvaluator(cfg, num_query, output_dir)
 
     @property
     def unwrapped_model(self):

@@ -1,0 +1,223 @@
+"""Exact re-ID ranking metrics (CMC, mAP, mINP) in blocks of queries, without sorting the gallery.
+
+fastreid's ``eval_market1501`` argsorts every row of the full query x gallery distance matrix
+and walks it in a Python loop (its Cython version is not built by pip). Every metric it reports
+only needs the ranks of a query's true matches, though:
+
+* Market rule: gallery images with the query's identity *and* camera are removed; the other
+  images with its identity are its matches (``n`` of them); a query without any is skipped.
+  There is no special treatment of distractors (pid 0) or junk (pid -1): like fastreid's
+  ``eval_market1501``, they are ordinary identities (fastreid's datasets drop junk on loading).
+* With ``r_1 < ... < r_n`` the 1-based ranks of the matches among the kept gallery images,
+
+  - CMC: ``cmc[k] = 1`` when ``r_1 <= k + 1``, averaged over the valid queries;
+  - AP  = ``(1 / n) * sum_j j / r_j``            (fastreid's ``tmp_cmc`` sum);
+  - INP = ``n / r_n``                           (Ye et al., "Deep Learning for Person Re-id:
+    A Survey and Outlook", Eq. 7; fastreid's ``cmc[max_pos_idx] / (max_pos_idx + 1)``).
+
+So per block of queries we compute the distances (float32, exactly fastreid's ``build_dist``
+formula), take as threshold the distance of the query's farthest match, and only order the
+gallery images at or below it. The ranks come from one sort of those candidates' keys.
+
+Ties: fastreid uses ``np.argsort``'s default (introsort, SIMD-accelerated on AVX-512 in
+numpy 2), whose order among equal distances is unspecified, so its AP and INP are undefined
+when a match ties with a non-match. Our rule is ``np.argsort(..., kind="stable")``: equal
+distances are ordered by gallery index (``-0.0 == 0.0``). Where fastreid's result is defined
+(no match ties a non-match), ours equals it.
+"""
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["RankResult", "evaluate_rank", "default_block_size"]
+
+METRICS = ("cosine", "euclidean")
+# Distance elements per block: 64 MiB of float32 distances, ~0.6 GiB worst case with the
+# candidates' keys when every gallery image is a candidate (a poor model).
+_BLOCK_ELEMENTS = 1 << 24
+
+
+class RankResult(NamedTuple):
+    """``cmc`` (max_rank,) cumulative match characteristic over the valid queries; ``mAP`` and
+    ``mINP`` their means; ``all_AP`` / ``all_INP`` per query, NaN where ``valid`` is False (no
+    match left after the Market rule). Fractions in [0, 1], not percent."""
+    cmc: np.ndarray
+    mAP: float
+    mINP: float
+    all_AP: np.ndarray
+    all_INP: np.ndarray
+    valid: np.ndarray
+
+
+def default_block_size(num_gallery: int) -> int:
+    """Queries per block: about ``_BLOCK_ELEMENTS`` distances."""
+    return max(1, _BLOCK_ELEMENTS // max(1, num_gallery))
+
+
+def _codes(query_ids, gallery_ids, device) -> tuple:
+    """Joint 0-based codes of two id arrays (any dtype numpy can unique)."""
+    q = np.asarray(query_ids.cpu() if torch.is_tensor(query_ids) else query_ids).reshape(-1)
+    g = np.asarray(gallery_ids.cpu() if torch.is_tensor(gallery_ids) else gallery_ids).reshape(-1)
+    _, inverse = np.unique(np.concatenate([q, g]), return_inverse=True)
+    codes = torch.as_tensor(inverse.reshape(-1), dtype=torch.int64, device=device)
+    return codes[:len(q)], codes[len(q):]
+
+
+def _sortable(dist: torch.Tensor) -> torch.Tensor:
+    """int64 in [0, 2**32) ordered like the float32 ``dist`` (``-0.0`` mapped to ``0.0``)."""
+    bits = (dist + 0.0).view(torch.int32)  # -0.0 + 0.0 == +0.0
+    # Non-negative floats order like their bits; negative ones in reverse: flip their magnitude.
+    flipped = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return flipped.to(torch.int64) + (1 << 31)
+
+
+def _keys(rows: torch.Tensor, dist: torch.Tensor, cols: torch.Tensor, num_gallery: int) -> torch.Tensor:
+    """Strictly increasing in (row, distance, gallery index): the stable argsort order per row.
+    Fits int64 while rows * num_gallery < 2**31."""
+    return ((rows << 32) + _sortable(dist)) * num_gallery + cols
+
+
+class _Distance:
+    """fastreid's ``build_dist`` for ``cosine`` / ``euclidean``, one block of queries at a time,
+    with the same float32 operations (``compute_cosine_distance``, ``compute_euclidean_distance``)."""
+
+    def __init__(self, query: torch.Tensor, gallery: torch.Tensor, metric: str):
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        self.metric = metric
+        if metric == "cosine":
+            self.query = F.normalize(query, p=2, dim=1)
+            self.gallery_t = F.normalize(gallery, p=2, dim=1).t()
+        else:
+            self.query = query
+            self.gallery_t = gallery.t()
+            self.query_sq = query.pow(2).sum(dim=1, keepdim=True)
+            self.gallery_sq = gallery.pow(2).sum(dim=1, keepdim=True).t()
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        query = self.query[start:stop]
+        if self.metric == "cosine":
+            # 1 - s, computed in place: fl(-s + 1) == fl(1 - s).
+            return torch.mm(query, self.gallery_t).neg_().add_(1)
+        dist = self.query_sq[start:stop] + self.gallery_sq
+        return dist.addmm_(query, self.gallery_t, beta=1, alpha=-2)
+
+
+class _Matches:
+    """For a block of queries, the (row, gallery index) of every gallery image with the query's
+    identity, split into kept matches and removed ones (same identity and camera)."""
+
+    def __init__(self, q_pids, g_pids, q_cams, g_cams, num_pids: int):
+        self.q_pids, self.q_cams, self.g_cams = q_pids, q_cams, g_cams
+        self.by_pid = torch.argsort(g_pids, stable=True)
+        self.count = torch.bincount(g_pids, minlength=num_pids)
+        self.start = torch.cumsum(self.count, 0) - self.count
+
+    def __call__(self, start: int, stop: int):
+        pids, cams = self.q_pids[start:stop], self.q_cams[start:stop]
+        per_row = self.count[pids]
+        rows = torch.repeat_interleave(torch.arange(len(pids), device=pids.device), per_row)
+        first = torch.cumsum(per_row, 0) - per_row
+        offset = torch.arange(len(rows), device=pids.device) - first[rows]
+        cols = self.by_pid[self.start[pids][rows] + offset]
+        kept = self.g_cams[cols] != cams[rows]
+        return rows[kept], cols[kept]
+
+
+@torch.no_grad()
+def evaluate_rank(query_feats: torch.Tensor, gallery_feats: torch.Tensor, query_pids, gallery_pids,
+                  query_cams, gallery_cams, max_rank: int = 50, block_size: Optional[int] = None,
+                  metric: str = "cosine") -> RankResult:
+    """CMC, mAP and mINP of fastreid's ``eval_market1501`` on ``build_dist(query, gallery, metric)``.
+
+    Args:
+        query_feats, gallery_feats: (Q, D) and (G, D) features; the work runs on their device.
+        query_pids, gallery_pids, query_cams, gallery_cams: identities and cameras (tensors or
+            arrays of any comparable dtype).
+        max_rank: CMC length (``min(max_rank, G)``, as in fastreid).
+        block_size: queries per block (default: about 2**24 distances per block). Results do not
+            depend on it.
+        metric: ``"cosine"`` (fastreid's ``TEST.METRIC cosine``: ``1 - <f_q, f_g>`` of the
+            L2-normalised features) or ``"euclidean"`` (squared Euclidean distance).
+
+    Ties are ordered by gallery index (see the module docstring). Peak extra memory is the
+    normalised gallery copy (cosine) plus one block; no Q x G matrix is ever held.
+
+    Raises:
+        ValueError: bad shapes, non-finite features, unknown metric, or no query with a match.
+    """
+    if query_feats.dim() != 2 or gallery_feats.dim() != 2 or query_feats.shape[1] != gallery_feats.shape[1]:
+        raise ValueError(f"Expected (Q, D) and (G, D) features, got {tuple(query_feats.shape)} and "
+                         f"{tuple(gallery_feats.shape)}.")
+    num_q, num_g = query_feats.shape[0], gallery_feats.shape[0]
+    for name, ids, n in (("query_pids", query_pids, num_q), ("gallery_pids", gallery_pids, num_g),
+                         ("query_cams", query_cams, num_q), ("gallery_cams", gallery_cams, num_g)):
+        if len(ids) != n:
+            raise ValueError(f"{name} has {len(ids)} entries for {n} features.")
+    if num_q == 0 or num_g == 0:
+        raise ValueError(f"Nothing to rank: {num_q} queries, {num_g} gallery images.")
+    device = query_feats.device
+    query_feats, gallery_feats = query_feats.float(), gallery_feats.to(device, torch.float32)
+    if not (torch.isfinite(query_feats).all() and torch.isfinite(gallery_feats).all()):
+        raise ValueError("Features contain NaN or inf; the model diverged or the features are corrupt.")
+    if num_g >= 1 << 31:
+        raise ValueError(f"{num_g} gallery images: at most 2**31 - 1 are supported.")
+    block_size = default_block_size(num_g) if block_size is None else int(block_size)
+    if block_size < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}.")
+    block_size = min(block_size, num_q, ((1 << 31) - 1) // num_g)  # keys fit int64
+    max_rank = min(max_rank, num_g)
+
+    q_pids, g_pids = _codes(query_pids, gallery_pids, device)
+    q_cams, g_cams = _codes(query_cams, gallery_cams, device)
+    matches = _Matches(q_pids, g_pids, q_cams, g_cams, int(max(q_pids.max(), g_pids.max())) + 1)
+    distance = _Distance(query_feats, gallery_feats, metric)
+
+    all_ap = torch.full((num_q,), float("nan"), dtype=torch.float64, device=device)
+    all_inp = torch.full_like(all_ap, float("nan"))
+    first_hits = torch.zeros(max_rank + 1, dtype=torch.int64, device=device)  # last bin: > max_rank
+    for start in range(0, num_q, block_size):
+        stop = min(start + block_size, num_q)
+        b = stop - start
+        dist = distance(start, stop)
+        m_rows, m_cols = matches(start, stop)
+        m_dist = dist[m_rows, m_cols]
+
+        # Only gallery images no farther than the query's farthest match can precede a match.
+        far = torch.full((b,), float("-inf"), device=device).scatter_reduce_(0, m_rows, m_dist, "amax")
+        flat = (dist <= far[:, None]).view(-1).nonzero().squeeze(1)
+        rows, cols = torch.div(flat, num_g, rounding_mode="floor"), flat % num_g
+        q_pid, q_cam = q_pids[start:stop], q_cams[start:stop]
+        keep = (g_pids[cols] != q_pid[rows]) | (g_cams[cols] != q_cam[rows])  # Market rule
+        flat, rows, cols = flat[keep], rows[keep], cols[keep]
+        ordered = torch.sort(_keys(rows, dist.view(-1)[flat], cols, num_g)).values
+
+        # 1-based rank of each match among its query's kept gallery images.
+        row_start = torch.searchsorted(ordered, (torch.arange(b, device=device) << 32) * num_g)
+        rank = torch.searchsorted(ordered, _keys(m_rows, m_dist, m_cols, num_g)) - row_start[m_rows] + 1
+
+        # j-th match of its query (1-based), in rank order.
+        order = torch.argsort(m_rows * (num_g + 1) + rank)
+        m_rows, rank = m_rows[order], rank[order]
+        n = torch.bincount(m_rows, minlength=b)
+        j = torch.arange(len(rank), device=device) - (torch.cumsum(n, 0) - n)[m_rows] + 1
+        valid = n > 0
+        ap = torch.zeros(b, dtype=torch.float64, device=device).index_add_(0, m_rows, j / rank.double())
+        last = torch.zeros(b, dtype=torch.int64, device=device).scatter_reduce_(0, m_rows, rank, "amax")
+        first = torch.full((b,), num_g + 1, dtype=torch.int64, device=device).scatter_reduce_(
+            0, m_rows, rank, "amin")
+        all_ap[start:stop][valid] = ap[valid] / n[valid]
+        all_inp[start:stop][valid] = n[valid] / last[valid].double()
+        first_hits += torch.bincount(first[valid].clamp(max=max_rank + 1) - 1, minlength=max_rank + 1)
+
+    all_ap, all_inp = all_ap.cpu().numpy(), all_inp.cpu().numpy()
+    valid = ~np.isnan(all_ap)
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        raise ValueError("No query has a match in the gallery (after removing same-identity, "
+                         "same-camera images); check the query / gallery split.")
+    cmc = np.cumsum(first_hits[:max_rank].cpu().numpy()) / num_valid
+    return RankResult(cmc=cmc, mAP=float(all_ap[valid].mean()), mINP=float(all_inp[valid].mean()),
+                      all_AP=all_ap, all_INP=all_inp, valid=valid)
