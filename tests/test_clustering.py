@@ -9,6 +9,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 from sklearn.cluster import DBSCAN
+from sklearn.metrics import adjusted_rand_score
 
 from dcmip.clustering import (broadcast_labels, camera_aware_proxies, cluster_features, dbscan,
                               gather_features, jaccard_distance, knn, pseudo_label_scores)
@@ -156,17 +157,36 @@ def test_knn_puts_each_point_first_despite_duplicates():
     assert all(len(set(row)) == 5 for row in rank)
 
 
+def neighbour_recall(approx, exact):
+    """Mean fraction of each point's exact neighbours that the approximate search found."""
+    return np.mean([len(np.intersect1d(p, q)) / exact.shape[1] for p, q in zip(approx, exact)])
+
+
 @pytest.mark.parametrize("method", ["ivf", "hnsw"])
 def test_approximate_knn_is_deterministic_and_close(method):
+    """Overlapping identities (noise up to 1.2): the same neighbours on every call and at
+    least 95% of the exact ones (measured: IVF 0.983, HNSW 1.0)."""
     x, _ = identity_features(2000, seed=6)
     exact = knn(x, 10)
     a, b = knn(x, 10, method), knn(x, 10, method)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a[:, 0], np.arange(2000))
-    recall = np.mean([len(np.intersect1d(p, q)) / 10 for p, q in zip(a, exact)])
-    assert recall > 0.8
-    labels = cluster_features(x, k1=10, k2=3, eps=0.5, knn=method)
-    assert labels.shape == (2000,)
+    assert neighbour_recall(a, exact) >= 0.95
+
+
+@pytest.mark.parametrize("method", ["ivf", "hnsw"])
+def test_approximate_knn_clusters_like_exact(method):
+    """Well-separated identities: the approximate kNN finds the exact k1 neighbours and the
+    clustering built on it agrees with the exact one (ARI >= 0.98; measured 1.0), which
+    itself recovers the identities."""
+    x, ids = identity_features(3000, per_id=30, noise=(0.3, 0.5), seed=7)
+    exact_rank = knn(x, 20)
+    assert neighbour_recall(knn(x, 20, method), exact_rank) >= 0.99
+    exact = cluster_features(x, k1=20, k2=6, eps=0.5)
+    approx = cluster_features(x, k1=20, k2=6, eps=0.5, knn=method)
+    assert adjusted_rand_score(ids, exact) >= 0.98
+    assert adjusted_rand_score(exact, approx) >= 0.98
+    assert len(set(approx.tolist()) - {-1}) >= 90  # ~100 identities, not one big cluster
 
 
 # ---- bad input -----------------------------------------------------------------------------
