@@ -64,8 +64,21 @@ def add_dcmip_config(cfg):
     # ---- proxy memory (the loss head) -----------------------------------------------------
     _C.UNSUP.MEMORY = CN()
     # Registered name in dcmip.memory.MEMORY_HEAD_REGISTRY: "ClusterMemory" (Cluster Contrast),
-    # "CameraAwareProxyMemory" (O2CAP and its variants), "DiscrepantProxyMemory" (DCMIP).
+    # "CameraAwareProxyMemory" (O2CAP and its variants), "DiscrepantProxyMemory" (DCMIP), or
+    # "CompositeMemory" (the heads of MEMBERS trained together, docs/composite.md).
     _C.UNSUP.MEMORY.NAME = "ClusterMemory"
+    # CompositeMemory only: its member heads, each registered and listed at most once, e.g.
+    # ("DiscrepantProxyMemory", "CameraAwareProxyMemory"). Every member is reset from the same
+    # pseudo labels, sees the same batch and updates its own memory by its own rule.
+    _C.UNSUP.MEMORY.MEMBERS = ()
+    # CompositeMemory only: the weight of each member's losses in the summed objective, one per
+    # member; () = 1.0 each.
+    _C.UNSUP.MEMORY.WEIGHTS = ()
+    # CompositeMemory only: tau of each member, e.g. (0.05, 0.07) for DCMIP + O2CAP; () = TEMP for all.
+    _C.UNSUP.MEMORY.MEMBER_TEMPS = ()
+    # CompositeMemory only: momentum of each member, e.g. (0.1, 0.2) for DCMIP + O2CAP;
+    # () = MOMENTUM for all.
+    _C.UNSUP.MEMORY.MEMBER_MOMENTA = ()
     # Softmax temperature tau of the contrastive losses (0.05 Cluster Contrast / DCMIP, 0.07 O2CAP).
     _C.UNSUP.MEMORY.TEMP = 0.05
     # Weight of the old entry in the momentum update M <- normalise(m M + (1 - m) f).

@@ -7,6 +7,7 @@ import torch
 
 from fastreid.utils.checkpoint import Checkpointer
 
+from ..memory.composite import method_name
 from ..registry import UserInputError
 
 # What each memory head trains; a checkpoint names its method by the head.
@@ -20,7 +21,8 @@ class CheckpointMismatchError(UserInputError):
 
 def checkpoint_metadata(cfg) -> Dict[str, str]:
     """What a checkpoint records about the run that wrote it (``dcmip`` entry of the file)."""
-    return {"method": cfg.UNSUP.MEMORY.NAME,
+    # A composite is named with its members: resuming with other members is another method.
+    return {"method": method_name(cfg),
             "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
             "backbone": f"{cfg.MODEL.BACKBONE.NAME} (depth {cfg.MODEL.BACKBONE.DEPTH})",
             "pooling": cfg.MODEL.HEADS.POOL_LAYER}

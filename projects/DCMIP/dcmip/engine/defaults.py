@@ -15,7 +15,8 @@ from fastreid.data.datasets import DATASET_REGISTRY
 
 from ..config import add_dcmip_config
 from ..evaluation.evaluator import check_evaluator_config
-from ..memory import MEMORY_HEAD_REGISTRY
+from ..memory import MEMORY_HEAD_REGISTRY, uses_dcmip
+from ..memory.composite import check_memory_config
 from ..registry import UserInputError, lookup
 from ..sampling import SAMPLER_REGISTRY
 from .inference import load_model
@@ -69,6 +70,8 @@ def check_cfg(cfg, eval_only: bool = False) -> None:
     """Raise :class:`UserInputError` for problems the user can fix, before anything runs."""
     lookup(MEMORY_HEAD_REGISTRY, cfg.UNSUP.MEMORY.NAME, "UNSUP.MEMORY.NAME")
     lookup(SAMPLER_REGISTRY, cfg.UNSUP.SAMPLER.NAME, "UNSUP.SAMPLER.NAME")
+    if not eval_only:
+        check_memory_config(cfg, {name: cls.GROUPS for name, cls in SAMPLER_REGISTRY._obj_map.items()})
     for name in cfg.DATASETS.NAMES:
         lookup(DATASET_REGISTRY, name, "DATASETS.NAMES")
     for name in cfg.DATASETS.TESTS:
@@ -109,7 +112,7 @@ def main(args):
 
 
 def build_trainer(cfg) -> UnsupervisedTrainer:
-    """DCMIP's two-stage trainer when the config has a stage 2, the one-stage trainer otherwise."""
-    two_stage = (cfg.UNSUP.MEMORY.NAME == "DiscrepantProxyMemory"
-                 and cfg.UNSUP.DCMIP.STAGE1_EPOCHS < cfg.SOLVER.MAX_EPOCH)
+    """DCMIP's two-stage trainer when the config trains DCMIP's head (alone or in a composite)
+    and has a stage 2, the one-stage trainer otherwise."""
+    two_stage = uses_dcmip(cfg) and cfg.UNSUP.DCMIP.STAGE1_EPOCHS < cfg.SOLVER.MAX_EPOCH
     return (TwoStageTrainer if two_stage else UnsupervisedTrainer)(cfg)

@@ -1,4 +1,5 @@
 """Learning-rate schedule of the unsupervised methods, as a pure function of the position."""
+from ..memory.composite import uses_dcmip
 
 WARMUP_STEPS = ("epoch", "iter")
 
@@ -12,7 +13,7 @@ def lr_factor(cfg, epoch: int, iteration: int) -> float:
       is the authors' ``WarmupMultiStepLR`` stepped once per epoch (O2CAP ``train.py``:
       ``warmup_iters=10`` epochs, ``warmup_factor=0.01``): 0.01 + 0.099 e at epoch e < 10.
     - Then ×SOLVER.GAMMA at each epoch of SOLVER.STEPS reached (absolute epochs).
-    - DCMIP (UNSUP.MEMORY.NAME DiscrepantProxyMemory) restarts the schedule at stage 2:
+    - DCMIP (DiscrepantProxyMemory, alone or a CompositeMemory member) restarts the schedule at stage 2:
       ×GAMMA every UNSUP.DCMIP.STAGE_LR_STEPS epochs counted from the stage's first epoch
       (METHODS §4: "lr ×0.1 every 20 epochs within each stage").
     """
@@ -25,7 +26,7 @@ def lr_factor(cfg, epoch: int, iteration: int) -> float:
     if position < s.WARMUP_ITERS:
         alpha = position / s.WARMUP_ITERS
         warmup = s.WARMUP_FACTOR * (1 - alpha) + alpha
-    if cfg.UNSUP.MEMORY.NAME == "DiscrepantProxyMemory":
+    if uses_dcmip(cfg):
         stage1 = cfg.UNSUP.DCMIP.STAGE1_EPOCHS
         stage_epoch = epoch - stage1 if epoch >= stage1 else epoch
         steps = cfg.UNSUP.DCMIP.STAGE_LR_STEPS

@@ -30,6 +30,7 @@ class _GroupBalancedSampler(PseudoLabelSampler):
 @SAMPLER_REGISTRY.register()
 class ClusterBalancedSampler(_GroupBalancedSampler):
     """P clusters x K images (the cluster-balanced O2CAP ablations of Table II)."""
+    GROUPS = "clusters"
 
     def group_labels(self) -> np.ndarray:
         return self.pseudo.clusters.cpu().numpy()
@@ -38,6 +39,7 @@ class ClusterBalancedSampler(_GroupBalancedSampler):
 @SAMPLER_REGISTRY.register()
 class ProxyBalancedSampler(_GroupBalancedSampler):
     """P camera-aware proxies x K images (O2CAP's PB sampling, METHODS §2)."""
+    GROUPS = "proxies"
 
     def group_labels(self) -> np.ndarray:
         return self.pseudo.proxies.cpu().numpy()

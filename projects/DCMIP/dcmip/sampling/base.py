@@ -29,7 +29,11 @@ class PseudoLabelSampler(Sampler):
 
     Subclasses implement :meth:`draw_pass`, one pass over the groups, drawing all randomness
     from ``self.rng``; :meth:`global_batches` cuts the passes into global batches.
+
+    ``GROUPS``: what a pass's groups are ("clusters" or "proxies"), checked against the memory
+    heads' ``BATCH_GROUPS`` (:func:`dcmip.memory.base.check_batch_groups`).
     """
+    GROUPS = None
 
     def __init__(self, pseudo: PseudoLabels, batch_size: int, num_instances: int, seed: int,
                  rank: int = 0, world_size: int = 1):

@@ -20,6 +20,7 @@ class RandomMultipleGallerySampler(PseudoLabelSampler):
     straddle two batches; passes are cut into batches, their leftover dropped
     (:class:`PseudoLabelSampler`).
     """
+    GROUPS = "clusters"
 
     def draw_pass(self) -> List[int]:
         if not hasattr(self, "_groups"):

@@ -31,6 +31,11 @@ class DiscrepantProxyMemory(MemoryHead):
     (K), ``UNSUP.SEED`` (the random draws of the instance memory; every DDP rank makes the same
     draws on the same all-gathered batch, so the memories stay identical across ranks).
     """
+    # Proxy B moves to the batch mean of a cluster's images and the K instances are replaced
+    # by them: both take a cluster's batch images as a sample of the whole cluster. Grouped by
+    # camera-aware proxy (ProxyBalancedSampler), those are K images of one camera, and B and
+    # the instances would collapse onto that camera's view (no cross-camera hardest positive).
+    BATCH_GROUPS = ("clusters",)
 
     def __init__(self, cfg):
         super().__init__(cfg)
