@@ -9,7 +9,7 @@ WEIGHTS := weights/mobilenetv2_imagenet.pth
 # import next to a CPU-only torch, and this pair runs fine on a machine without a GPU.
 TORCH := torch==2.15.0 torchvision==0.29.2
 
-.PHONY: venv weights demo-data demo test benchmark-market-split clean
+.PHONY: venv weights demo-data demo test benchmark-market-split clean gpu-check
 
 venv: $(STAMP)
 
@@ -38,6 +38,12 @@ demo: $(WEIGHTS) demo-data
 # ~75 min on 2 cores; writes docs/results/market1501-split.md and one plot per method.
 benchmark-market-split: $(WEIGHTS)
 	$(BIN)/python tools/benchmark_market_split.py --rows all
+
+# The CUDA code paths against the CPU (every memory head's losses, gradients and updates, in fp32
+# and under autocast; clustering) and short mixed-precision runs of DCMIP and O2CAP on the demo
+# data: a few minutes on one GPU, writes docs/benchmarks/gpu_check.md. Without a GPU it says so.
+gpu-check: $(WEIGHTS) demo-data
+	$(BIN)/python tools/gpu_check.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
