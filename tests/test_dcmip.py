@@ -373,3 +373,48 @@ def test_ema_update_converges_and_keeps_equal_entries_exact():
 def test_ema_update_rejects_different_models():
     with pytest.raises(ValueError, match="differ"):
         ema_update_(Tiny(0), nn.Linear(3, 4), 0.999)
+
+
+def test_ema_update_of_parameters_only_leaves_the_teachers_buffers():
+    """TEACHER_BN "forward" (the authors' _update_ema_variables): parameters averaged, running
+    statistics and the batch count stay the teacher's own."""
+    teacher, student = Tiny(0), Tiny(1)
+    student.bn(student.fc(torch.randn(8, 3)))
+    teacher.bn(teacher.fc(torch.randn(8, 3)))
+    teacher.bn(teacher.fc(torch.randn(8, 3)))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    ema_update_(teacher, student, 0.9, buffers=False)
+    after, s = teacher.state_dict(), student.state_dict()
+    for name in ("fc.weight", "fc.bias", "bn.weight", "bn.bias"):
+        torch.testing.assert_close(after[name], 0.9 * before[name] + 0.1 * s[name])
+    for name in ("bn.running_mean", "bn.running_var", "bn.num_batches_tracked"):
+        assert torch.equal(after[name], before[name]), name
+    assert int(after["bn.num_batches_tracked"]) == 2
+
+
+def test_teacher_forward_moves_running_statistics_only_and_leaves_eval_mode():
+    """The teacher forward of TEACHER_BN "forward": a training-mode pass of backbone and neck on
+    the given (already normalised) images, grouped like the student's BatchNorm; output
+    unused, parameters untouched, teacher back in eval mode."""
+    from dcmip.modeling.batch_norm import convert_group_batchnorm
+    from dcmip.modeling.ema import teacher_forward_
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+            self.heads = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4))
+
+    images = torch.randn(8, 3, 6, 5)
+    teacher = convert_group_batchnorm(Model(), 4).eval()
+    params = [p.clone() for p in teacher.parameters()]
+    teacher_forward_(teacher, images)
+    assert not teacher.training
+    assert all(torch.equal(p, q) for p, q in zip(params, teacher.parameters()))
+    reference = Model().train()  # the first group of 4, as DataParallel's device-0 replica
+    with torch.no_grad():
+        reference.heads(reference.backbone(images[:4]))
+    for (name, ours), theirs in zip(teacher.named_buffers(), reference.buffers()):
+        torch.testing.assert_close(ours, theirs, msg=name)
+    assert int(teacher.backbone[1].num_batches_tracked) == 1

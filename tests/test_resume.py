@@ -22,7 +22,7 @@ def test_dcmip_stage_switch_and_resume_match_an_uninterrupted_run(workspace):  #
     root, weights = workspace
     full = run(dcmip_args(root, weights, root / "full", 3), root)
     log = full.stdout + full.stderr
-    assert "DCMIP stage 1" in log and "DCMIP stage 2 begins" in log and "teacher metric" in log
+    assert "DCMIP stage 1" in log and "DCMIP stage 2 begins" in log and "teacher mAP" in log
     assert (root / "full" / "model_stage1_best.pth").is_file()
 
     run(dcmip_args(root, weights, root / "split", 2), root)

@@ -17,9 +17,13 @@ from ..config import add_dcmip_config
 from ..evaluation.evaluator import check_evaluator_config
 from ..memory import MEMORY_HEAD_REGISTRY, uses_dcmip
 from ..memory.composite import check_memory_config
+from ..modeling.batch_norm import check_group_size
+from ..modeling.ema import TEACHER_BN
 from ..registry import UserInputError, lookup
 from ..sampling import SAMPLER_REGISTRY
 from .inference import load_model
+from .schedule import WARMUP_STEPS
+from .selection import check_select_metric
 from .trainer import UnsupervisedTrainer
 from .two_stage import TwoStageTrainer
 
@@ -80,6 +84,15 @@ def check_cfg(cfg, eval_only: bool = False) -> None:
                 f"DATASETS.TESTS: {name} has no identities, so there is no query / gallery to evaluate. "
                 f"Name a labelled Market-layout test set there (e.g. DemoMarket), or leave it empty.")
     check_evaluator_config(cfg)
+    check_select_metric(cfg)
+    try:
+        check_group_size(cfg.UNSUP.BN_GROUP_SIZE, cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size())
+    except ValueError as e:
+        raise UserInputError(str(e)) from None
+    for key, value, choices in (("UNSUP.WARMUP_STEP", cfg.UNSUP.WARMUP_STEP, WARMUP_STEPS),
+                                ("UNSUP.DCMIP.TEACHER_BN", cfg.UNSUP.DCMIP.TEACHER_BN, TEACHER_BN)):
+        if value not in choices:
+            raise UserInputError(f"{key} {value!r}: choose one of {', '.join(choices)} (dcmip/config.py).")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise UserInputError(
             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no GPU is visible to torch. Run on a GPU machine, "

@@ -22,10 +22,12 @@ from fastreid.utils.logger import setup_logger
 
 from ..data.checks import check_images
 from ..evaluation.evaluator import BlockedReidEvaluator, check_evaluator_config
+from ..modeling.batch_norm import convert_group_batchnorm
 from ..registry import TrainingStopped, lookup
 from .checkpoint import AtomicCheckpointer, checkpoint_metadata
 from .events import EpochJSONWriter
 from .hooks import ClusteringHook, StageLRScheduler
+from .selection import check_select_metric, selection_value
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +161,15 @@ class UnsupervisedTrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     @classmethod
+    def build_model(cls, cfg):
+        # UNSUP.BN_GROUP_SIZE: BatchNorm statistics per group of images, as the authors'
+        # DataParallel computes them (dcmip.modeling.batch_norm); training only.
+        model = super().build_model(cfg)
+        for part in ("backbone", "heads"):
+            setattr(model, part, convert_group_batchnorm(getattr(model, part), cfg.UNSUP.BN_GROUP_SIZE))
+        return model
+
+    @classmethod
     def build_optimizer(cls, cfg, model):
         # fastreid's default flattens the parameters into one buffer (ContiguousParams), which
         # silently stops training once torch 2's zero_grad sets gradients to None.
@@ -198,7 +209,7 @@ class UnsupervisedTrainer(DefaultTrainer):
             hooks.IterationTimer(warmup_iter=1),
             StageLRScheduler(cfg, self.optimizer),
             ClusteringHook(cfg, self.train_items, label_stats=train_has_identities(cfg)),
-            EpochEvalHook(cfg.TEST.EVAL_PERIOD, self.evaluate),
+            EpochEvalHook(cfg.TEST.EVAL_PERIOD, self.evaluate, check_select_metric(cfg)),
             EpochCheckpointer(cfg.SOLVER.CHECKPOINT_PERIOD),
         ]
         if comm.is_main_process():
@@ -233,11 +244,13 @@ class UnsupervisedTrainer(DefaultTrainer):
 
 class EpochEvalHook(HookBase):
     """Evaluates every TEST.EVAL_PERIOD epochs and after the last one, inside ``after_epoch``
-    so that the checkpointer that follows sees this epoch's metric."""
+    so that the checkpointer that follows sees this epoch's value of the selection metric
+    (UNSUP.SELECT_METRIC, :mod:`dcmip.engine.selection`)."""
 
-    def __init__(self, period: int, evaluate):
+    def __init__(self, period: int, evaluate, select_metric: str = "mAP"):
         self.period = period
         self.evaluate = evaluate
+        self.select_metric = select_metric
 
     def after_epoch(self):
         epoch = self.trainer.epoch
@@ -245,7 +258,10 @@ class EpochEvalHook(HookBase):
             results = self.evaluate()
             # fastreid's evaluator returns the metrics on the main process only.
             if comm.is_main_process():
-                self.trainer.last_eval = (epoch, float(results["metric"]))
+                value = selection_value(results, self.select_metric)
+                self.trainer.last_eval = (epoch, value)
+                logger.info(f"epoch {epoch}: model selection by {self.select_metric} (UNSUP.SELECT_METRIC): "
+                            f"{value:.2f}, best before {max(self.trainer.best_metric, 0.0):.2f}")
                 # numbers.Real: fastreid's Rank-k are numpy float32, which are not floats.
                 self.trainer.storage.put_scalars(**{k: float(v) for k, v in results.items()
                                                     if isinstance(v, numbers.Real)}, smoothing_hint=False)
