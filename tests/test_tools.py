@@ -185,6 +185,30 @@ def test_visualize_ranks_writes_pages_of_the_expected_size(extracted, tmp_path):
         vis.main(vis.get_parser().parse_args(["--query", extracted, "--output", str(out), "--order", "worst"]))
 
 
+def test_visualize_ranks_on_a_labelled_test_set_orders_by_ap_and_colours_frames(checkpoint, tmp_path, monkeypatch):
+    from dcmip.data.demo import generate_demo_dataset
+    from dcmip.evaluation.rank import evaluate_rank
+    import fastreid.data.build as data_build
+
+    generate_demo_dataset(tmp_path / "demo-market", seed=0, num_train_ids=2, num_test_ids=4, num_cams=3,
+                          cams_per_id=(2, 3), images_per_cam=(2, 3))
+    monkeypatch.setattr(data_build, "_root", str(tmp_path))
+    vis = tool("visualize_ranks")
+    args = vis.get_parser().parse_args(["--config-file", CONFIG, "--dataset", "DemoMarket", "--output",
+                                        str(tmp_path / "out"), "--topk", "2", "--num-queries", "50",
+                                        *OPTS, "MODEL.WEIGHTS", checkpoint[0]])
+    state = {}
+    query, gallery = vis.load_dataset("DemoMarket", args, state)
+    ap = evaluate_rank(torch.from_numpy(query.features), torch.from_numpy(gallery.features), query.pids,
+                       gallery.pids, query.cams, gallery.cams).all_AP
+    assert np.isclose(vis.query_ap(query, gallery), ap, equal_nan=True).all()
+    vis.main(args)
+    page = Image.open(tmp_path / "out" / "ranks_001.png").convert("RGB")
+    x0, y0 = 8 + 70 + 16, 8 + 22
+    assert page.getpixel((x0 + 1, y0 + 1)) in (MATCH, MISMATCH)
+    assert page.size[1] == 16 + 22 + 8 * 162 + 7 * 4  # 8 queries on the first page
+
+
 # ---- ONNX --------------------------------------------------------------------------------------
 
 def test_a_missing_extra_names_it():

@@ -17,7 +17,6 @@ query's own image left out). --cross-camera keeps only other cameras' images in 
 Pages are <output>/ranks_001.png, ... with --per-page queries each.
 """
 import argparse
-import logging
 import os
 import sys
 
@@ -31,14 +30,13 @@ os.environ.setdefault("FASTREID_DATASETS", os.path.join(ROOT, "datasets"))
 import dcmip  # noqa: E402,F401  (fastreid compat + registration)
 import fastreid.data.build as data_build  # noqa: E402
 from dcmip.data.camera_folders import list_images  # noqa: E402
+from dcmip.data.checks import check_images  # noqa: E402
 from dcmip.engine.defaults import setup_tool_cfg  # noqa: E402
 from dcmip.engine.inference import entries_to_arrays, image_features, load_features, load_model  # noqa: E402
+from dcmip.evaluation.rank import evaluate_rank  # noqa: E402
 from dcmip.rank_list import ORDERS, RankLists, draw_rank_page, rank_lists, select_queries  # noqa: E402
 from dcmip.registry import UserInputError, lookup  # noqa: E402
 from fastreid.data.datasets import DATASET_REGISTRY  # noqa: E402
-
-logger = logging.getLogger("dcmip.visualize_ranks")
-
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,8 +79,8 @@ def load_side(source: str, args, state) -> Features:
     if source.lower().endswith(".npz"):
         data = load_features(source)
         return Features(data["features"], data["paths"], data["cams"])
-    paths, cams, _ = entries_to_arrays(list_images(source))
     cfg, model = _model_cfg(args, state)
+    paths, cams, _ = entries_to_arrays(check_images(list_images(source), cfg.UNSUP.CORRUPT_IMAGES))
     return Features(image_features(cfg, model, paths, cams), paths, cams)
 
 
@@ -103,8 +101,6 @@ def load_dataset(name: str, args, state):
 
 def query_ap(query: Features, gallery: Features) -> np.ndarray:
     """(Q,) AP of each query, NaN where it has no valid match (the evaluator's protocol)."""
-    from dcmip.evaluation.rank import evaluate_rank  # noqa: E402  (H1's exact evaluator)
-
     result = evaluate_rank(torch.from_numpy(query.features), torch.from_numpy(gallery.features),
                            query.pids, gallery.pids, query.cams, gallery.cams)
     return np.asarray(result.all_AP, dtype=np.float64)

@@ -49,11 +49,15 @@ def export_onnx(network: nn.Module, height: int, width: int, path: str) -> None:
     onnx.checker.check_model(path)
 
 
-def onnxruntime_session(path: str, threads: int = 0):
-    """A CPU ONNX Runtime session for ``path`` (``threads`` 0 = ONNX Runtime's default)."""
+def onnxruntime_session(path: str, threads: int = 0, spinning: bool = True):
+    """A CPU ONNX Runtime session for ``path`` (``threads`` 0 = ONNX Runtime's default).
+    ``spinning`` False: its worker threads sleep between runs instead of busy-waiting, which
+    would take the cores from whatever runs next (a fair benchmark against PyTorch)."""
     ort = require("onnxruntime", "deploy")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
