@@ -21,6 +21,7 @@ from ..modeling.batch_norm import check_group_size
 from ..modeling.ema import TEACHER_BN
 from ..registry import UserInputError, lookup
 from ..sampling import SAMPLER_REGISTRY
+from ..weights import fastreid_imagenet_url, fetch_imagenet_weights
 from .inference import load_model
 from .schedule import WARMUP_STEPS
 from .selection import check_select_metric
@@ -71,7 +72,9 @@ def setup_tool_cfg(config_file: str, opts):
 
 
 def check_cfg(cfg, eval_only: bool = False) -> None:
-    """Raise :class:`UserInputError` for problems the user can fix, before anything runs."""
+    """Raise :class:`UserInputError` for problems the user can fix, before anything runs.
+    An empty MODEL.BACKBONE.PRETRAIN_PATH is resolved to the file fastreid would download
+    (fetched into its cache when missing, :func:`dcmip.weights.fetch_imagenet_weights`)."""
     lookup(MEMORY_HEAD_REGISTRY, cfg.UNSUP.MEMORY.NAME, "UNSUP.MEMORY.NAME")
     lookup(SAMPLER_REGISTRY, cfg.UNSUP.SAMPLER.NAME, "UNSUP.SAMPLER.NAME")
     if not eval_only:
@@ -104,11 +107,18 @@ def check_cfg(cfg, eval_only: bool = False) -> None:
                                 f"model_best.pth / model_final.pth into OUTPUT_DIR.")
     if cfg.MODEL.BACKBONE.PRETRAIN and not (eval_only and cfg.MODEL.WEIGHTS):
         path = cfg.MODEL.BACKBONE.PRETRAIN_PATH
-        if not path or not os.path.isfile(path):
+        url = fastreid_imagenet_url(cfg.MODEL.BACKBONE)
+        if not path and url:
+            # fastreid's behaviour: its ImageNet file, from its cache or downloaded into it; the
+            # config then names the file (and OUTPUT_DIR/config.yaml records it).
+            cfg.MODEL.BACKBONE.PRETRAIN_PATH = fetch_imagenet_weights(url)
+        elif not path or not os.path.isfile(path):
             hint = ("run `make weights` (python tools/prepare_weights.py) to prepare it"
                     if "mobilenet" in cfg.MODEL.BACKBONE.NAME else
                     "place the ImageNet weights of the backbone there (for ResNet-50, torchvision's "
                     "resnet50-0676ba61.pth)")
+            if url:
+                hint += f", set it to '' to download fastreid's {url}"
             raise UserInputError(
                 f"MODEL.BACKBONE.PRETRAIN_PATH {path!r}: no such file; {hint}, set "
                 f"MODEL.BACKBONE.PRETRAIN_PATH to the file, or train from scratch with "
