@@ -19,7 +19,9 @@ To make re-ID a real task, appearance is split into two sources of variation:
   (build, head size, leg length, waist, stance).
 * **Camera** (:class:`Camera`, fixed per camera, jittered per image): colour cast, brightness,
   contrast, saturation, blur, sensor noise, JPEG quality, background colour and texture,
-  person scale and crop position, and how often people are seen from the back.
+  person scale and crop position, and how often people are seen from the back. With
+  ``camera_shift="strong"`` neighbouring cameras sit at opposite ends of every range (issue
+  13's two-camera set: a scene change that camera-agnostic clustering mistakes for identity).
 
 Clothing colours come from a small palette shared by all identities and the cameras shift
 colours strongly, so matching by colour histogram mostly fails; the identity cues (pattern,
@@ -57,7 +59,9 @@ IMAGE_HEIGHT, IMAGE_WIDTH = 128, 64
 _MODEL_W, _MODEL_H = 128, 256
 
 # Kinds of random stream; each is seeded by (seed, kind, ...) so the streams are independent.
-_STREAM_CAMERA, _STREAM_IDENTITY, _STREAM_IMAGE, _STREAM_LAYOUT, _STREAM_PASSERBY = range(5)
+_STREAM_CAMERA, _STREAM_IDENTITY, _STREAM_IMAGE, _STREAM_LAYOUT, _STREAM_PASSERBY, _STREAM_STRONG_CAMERA = range(6)
+CAMERA_SHIFTS = ("normal", "strong")
+_BACKGROUNDS = ("floor", "gradient", "bars", "tiles", "noise")
 # Passers-by who appear at the edge of some crops (as in detector boxes of crowded scenes).
 _NUM_PASSERSBY = 200
 
@@ -170,8 +174,18 @@ def sample_identity(seed: int, pid: int, stream: int = _STREAM_IDENTITY) -> Iden
     )
 
 
-def sample_camera(seed: int, cam: int) -> Camera:
-    """The settings of camera ``cam`` (0-based); depends only on ``(seed, cam)``."""
+def sample_camera(seed: int, cam: int, shift: str = "normal") -> Camera:
+    """The settings of camera ``cam`` (0-based); depends only on ``(seed, cam, shift)``.
+
+    ``shift`` "normal": every setting drawn from its range. "strong": even and odd cameras
+    take opposite ends (warm / cold and three times stronger colour cast, dark / bright, dull /
+    vivid, soft / hard, blurred and noisy / sharp, small / large, mostly back / front views)
+    and each camera another background kind.
+    """
+    if shift not in CAMERA_SHIFTS:
+        raise ValueError(f"camera_shift={shift!r}: choose one of {CAMERA_SHIFTS}")
+    if shift == "strong":
+        return _strong_camera(seed, cam)
     rng = _rng(seed, _STREAM_CAMERA, cam)
     # Colour cast: log-normal per-channel gains, renormalised so the cast does not also
     # change the overall brightness (that is the brightness factor's job).
@@ -190,6 +204,30 @@ def sample_camera(seed: int, cam: int) -> Camera:
         bg_param=float(bg_param), scale=float(rng.uniform(0.8, 0.95)),
         crowd=float(rng.uniform(0.0, 0.4)),
         y_offset=float(rng.uniform(1, 8)), p_back=float(rng.uniform(0.1, 0.9)),
+    )
+
+
+def _strong_camera(seed: int, cam: int) -> Camera:
+    rng = _rng(seed, _STREAM_STRONG_CAMERA, cam)
+    side = 1.0 if cam % 2 else -1.0  # -1: the low end of every range, +1: the high end
+    # Warm (red up, blue down) or cold, plus a random cast, three times the normal spread.
+    gains = np.exp(side * np.array([-0.35, 0.0, 0.35]) + rng.normal(0, 0.1, 3))
+    gains /= gains.mean()
+    background = _BACKGROUNDS[(cam * 2 + int(rng.integers(2))) % len(_BACKGROUNDS)]
+    bg = np.clip((120 + side * 70) + rng.normal(0, 20, 3), 0, 255)
+    bg2 = np.clip(bg + rng.normal(0, 45, 3), 0, 255)
+    bg_param = rng.uniform(0.55, 0.8) if background in ("floor", "tiles") else rng.uniform(8, 20)
+
+    def end(low: float, high: float) -> float:
+        return float((low if side < 0 else high) * rng.uniform(0.97, 1.03))
+
+    return Camera(
+        gains=tuple(float(g) for g in gains), brightness=end(0.6, 1.3), contrast=end(0.7, 1.15),
+        saturation=end(0.4, 1.3), blur=0.9 if side < 0 else 0.0, noise=end(7, 1),
+        jpeg_quality=70 if side < 0 else 95, background=background,
+        bg_colour=tuple(int(v) for v in bg), bg_colour2=tuple(int(v) for v in bg2),
+        bg_param=float(bg_param), scale=end(0.8, 0.95), crowd=float(rng.uniform(0.0, 0.4)),
+        y_offset=end(8, 1), p_back=end(0.85, 0.15),
     )
 
 
@@ -434,7 +472,7 @@ def render_image(ident: Identity, cam: Camera, rng: np.random.Generator,
                            "RGB")
 
 
-def preview_grid(seed: int = 0, pids=range(1, 9), num_cams: int = 6) -> Image.Image:
+def preview_grid(seed: int = 0, pids=range(1, 9), num_cams: int = 6, camera_shift: str = "normal") -> Image.Image:
     """A grid for eyeballing the data: one row per identity, one column per camera.
 
     Every identity is shown in every camera (the dataset itself uses only some cameras per
@@ -442,7 +480,7 @@ def preview_grid(seed: int = 0, pids=range(1, 9), num_cams: int = 6) -> Image.Im
     """
     pids = list(pids)
     grid = Image.new("RGB", (num_cams * (IMAGE_WIDTH + 2), len(pids) * (IMAGE_HEIGHT + 2)), "white")
-    cams = [sample_camera(seed, c) for c in range(num_cams)]
+    cams = [sample_camera(seed, c, camera_shift) for c in range(num_cams)]
     for row, pid in enumerate(pids):
         ident = sample_identity(seed, pid)
         for col, cam in enumerate(cams):
@@ -469,7 +507,8 @@ def _existing_counts(root: Path) -> Dict[str, int]:
 
 def generate_demo_dataset(root, seed: int = 0, num_train_ids: int = 120, num_test_ids: int = 60,
                           num_cams: int = 6, cams_per_id: Tuple[int, int] = (2, 4),
-                          images_per_cam: Tuple[int, int] = (3, 6)) -> Dict[str, int]:
+                          images_per_cam: Tuple[int, int] = (3, 6),
+                          camera_shift: str = "normal") -> Dict[str, int]:
     """Write the demo dataset into ``root`` (created if needed) and return its counts.
 
     Args:
@@ -483,6 +522,8 @@ def generate_demo_dataset(root, seed: int = 0, num_train_ids: int = 120, num_tes
             query has a cross-camera match.
         images_per_cam: (min, max) images of an identity in each camera that sees it, inclusive;
             min >= 2 so every camera keeps gallery images next to its query.
+        camera_shift: "normal" or "strong" (see :func:`sample_camera`); e.g. ``num_cams=2,
+            cams_per_id=(2, 2), camera_shift="strong"`` is the two-camera set of issue 13.
 
     Returns:
         ``{"train_ids", "train_images", "test_ids", "query_images", "gallery_images",
@@ -503,6 +544,10 @@ def generate_demo_dataset(root, seed: int = 0, num_train_ids: int = 120, num_tes
               "num_train_ids": int(num_train_ids), "num_test_ids": int(num_test_ids),
               "num_cams": int(num_cams), "cams_per_id": list(cams_per_id),
               "images_per_cam": list(images_per_cam)}
+    if camera_shift not in CAMERA_SHIFTS:
+        raise ValueError(f"camera_shift={camera_shift!r}: choose one of {CAMERA_SHIFTS}")
+    if camera_shift != "normal":  # absent for "normal": the markers of existing folders stay valid
+        params["camera_shift"] = camera_shift
 
     marker = root / MARKER_NAME
     if marker.is_file():
@@ -531,7 +576,7 @@ def generate_demo_dataset(root, seed: int = 0, num_train_ids: int = 120, num_tes
         shutil.rmtree(root / subset, ignore_errors=True)
         (root / subset).mkdir()
 
-    cams = [sample_camera(seed, c) for c in range(num_cams)]
+    cams = [sample_camera(seed, c, camera_shift) for c in range(num_cams)]
     layout = _rng(seed, _STREAM_LAYOUT)
     # Frames increase per camera along the "recording", so file names are unique and ordered.
     next_frame = layout.integers(1, 500, num_cams)
