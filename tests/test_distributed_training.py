@@ -1,5 +1,6 @@
 """Two gloo processes (METHODS §5): after every step both ranks hold identical parameters and
-memories, and the memory update is the single-process update of the global batch in order."""
+memories, and the memory update is the single-process update of the global batch in order
+(for DCMIP stage 2, the random instance replacement included: every rank draws the same)."""
 import os
 import socket
 
@@ -57,8 +58,10 @@ def _worker(rank, port, memory_name, out_dir):
     cams = (torch.arange(n) // 4) % 3
     proxies = clusters * 3 + cams
     _, proxies = torch.unique(proxies, return_inverse=True)
+    # DCMIP: teacher features make the head build its multi-instance memory (stage 2).
+    teacher = F.normalize(torch.randn(n, d, generator=g), dim=1) if memory_name == "DiscrepantProxyMemory" else None
     pseudo = PseudoLabels(features=F.normalize(torch.randn(n, d, generator=g), dim=1), clusters=clusters,
-                          cams=cams, proxies=proxies, indices=torch.arange(n))
+                          cams=cams, proxies=proxies, indices=torch.arange(n), teacher_features=teacher)
     model.memory.reset(pseudo)
     ddp = DistributedDataParallel(model, broadcast_buffers=False)
     local = GLOBAL_BATCH // WORLD
@@ -81,14 +84,15 @@ def _worker(rank, port, memory_name, out_dir):
         history.append({"memory_before": memory_before, "features": local_features, "rows": rows,
                         "memory": {k: v.clone() for k, v in model.memory.named_buffers()},
                         "params": [p.detach().clone() for p in model.parameters()]})
-    torch.save(history, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save({"history": history, "pseudo": pseudo}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("memory_name", ["ClusterMemory", "CameraAwareProxyMemory"])
+@pytest.mark.parametrize("memory_name", ["ClusterMemory", "CameraAwareProxyMemory", "DiscrepantProxyMemory"])
 def test_ranks_stay_identical_and_match_single_process_updates(tmp_path, memory_name):
     mp.spawn(_worker, args=(_free_port(), memory_name, str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    saved = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    ranks = [s["history"] for s in saved]
     for step in range(STEPS):
         a, b = ranks[0][step], ranks[1][step]
         for pa, pb in zip(a["params"], b["params"]):
@@ -109,3 +113,22 @@ def test_ranks_stay_identical_and_match_single_process_updates(tmp_path, memory_
             expected = ranks[0][step]["memory_before"]["memory"].clone()
             sequential_momentum_update_(expected, features, clusters[ranks[0][step]["rows"]], 0.1)
             torch.testing.assert_close(ranks[0][step]["memory"]["memory"], expected)
+
+    # DCMIP's instance replacement: the draws of one process replaying the global batches with
+    # the head's seed (reset's initial draw first, then one replacement per step).
+    if memory_name == "DiscrepantProxyMemory":
+        from dcmip.memory.dcmip.functional import init_instance_memory, replace_instances_
+
+        pseudo, clusters = saved[0]["pseudo"], torch.arange(24) % 4
+        generator = torch.Generator().manual_seed(0 * 1_000_003 + pseudo.epoch)  # UNSUP.SEED 0
+        instances = init_instance_memory(pseudo.teacher_features, clusters, 4, 16, generator)
+        expected = torch.cat([instances, instances.new_zeros(1, instances.shape[1])])
+        torch.testing.assert_close(ranks[0][0]["memory_before"]["instance_buffer"][:-1], instances, atol=0, rtol=0)
+        for step in range(STEPS):
+            features = torch.cat([ranks[r][step]["features"] for r in range(WORLD)])
+            replace_instances_(expected, features, clusters[ranks[0][step]["rows"]], 4, generator)
+            for r in range(WORLD):
+                got = ranks[r][step]["memory"]["instance_buffer"][:-1]
+                torch.testing.assert_close(got, expected[:-1], atol=0, rtol=0)
+            assert not torch.equal(ranks[0][step]["memory"]["instance_buffer"][:-1],
+                                   ranks[0][step]["memory_before"]["instance_buffer"][:-1])
