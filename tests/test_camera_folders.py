@@ -4,6 +4,7 @@ import logging
 import os
 
 import pytest
+import torch
 from PIL import Image
 
 import dcmip  # noqa: F401
@@ -224,3 +225,32 @@ def test_camera_folders_cannot_be_a_test_set(tmp_path):
                                                     "MODEL.BACKBONE.PRETRAIN", "False"], eval_only=False)
     with pytest.raises(UserInputError, match="DATASETS.TESTS: CameraFolders has no identities"):
         load_cfg(args)
+
+
+def test_images_of_any_mode_reach_the_model_as_rgb(tmp_path):
+    """RGBA / grey+alpha / palette PNGs and palette BMPs (dcmip.compat "Image modes"): 3
+    channels with their real colours, through fastreid's loaders and the trainer's."""
+    from fastreid.data.common import CommDataset
+    from fastreid.data.transforms import build_transforms
+
+    from dcmip.data.pseudo_dataset import read_image as trainer_read_image
+
+    red = (200, 10, 10)
+    Image.new("RGBA", (8, 16), red + (100,)).save(tmp_path / "rgba.png")
+    Image.new("LA", (8, 16), (90, 255)).save(tmp_path / "la.png")
+    palette = Image.new("P", (8, 16), 1)
+    palette.putpalette([0, 0, 0, *red] + [0] * 762)
+    palette.save(tmp_path / "p.png")
+    palette.save(tmp_path / "p.bmp")
+    image(tmp_path / "rgb.jpg", color=red)
+    cfg = get_cfg()
+    cfg.INPUT.SIZE_TEST = [16, 8]
+    items = [(str(tmp_path / n), 0, 0) for n in ("rgba.png", "la.png", "p.png", "p.bmp", "rgb.jpg")]
+    batch = [CommDataset(items, build_transforms(cfg, is_train=False), relabel=False)[i]["images"]
+             for i in range(len(items))]
+    assert all(t.shape == (3, 16, 8) for t in batch)
+    for t in (batch[0], batch[2], batch[3]):
+        assert t[:, 8, 4].tolist() == list(red)
+    assert batch[1][:, 8, 4].tolist() == [90, 90, 90]
+    assert abs(batch[4][:, 8, 4] - torch.tensor(red)).max() <= 8  # JPEG, as before
+    assert trainer_read_image(items[0][0]).mode == "RGB"

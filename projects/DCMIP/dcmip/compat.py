@@ -31,6 +31,12 @@ CPU paths (patched after import, only change behaviour when there is no CUDA dev
      its own Python implementation (same metrics) otherwise.
 
 Everything else fastreid does on the CPU path already works (its CUDA calls are guarded).
+
+Image modes (your own cameras' files): fastreid's ``read_image`` without a format returns
+the file's own mode, so an RGBA or grey+alpha PNG gave a 4- or 2-channel tensor (a crash in
+the first convolution) and a palette PNG or BMP its palette indices as grey levels (silently
+wrong colours). :func:`rgb_read_image` converts every image to RGB (an RGB or grey image reads
+exactly as before); ``fastreid.data.data_utils`` and ``fastreid.data.common`` get it.
 """
 import collections
 import collections.abc
@@ -70,6 +76,13 @@ def _patch_imports():
 class _MissingSummaryWriter:
     def __init__(self, *args, **kwargs):
         raise ImportError("TensorBoard logging needs the `tensorboard` package: pip install tensorboard")
+
+
+def rgb_read_image(read_image):
+    """fastreid's ``read_image`` converting to RGB when no format is asked for."""
+    def read_rgb(file_name, format=None):
+        return read_image(file_name, format or "RGB")
+    return read_rgb
 
 
 def data_loader_x(local_rank, **kwargs):
@@ -122,4 +135,6 @@ def apply_fastreid_compat():
     data_build.DataLoaderX = data_loader_x
     launch._distributed_worker = distributed_worker
     reid_evaluation.ReidEvaluator._compile_dependencies = lambda self: None
+    data_utils = sys.modules["fastreid.data.data_utils"]
+    data_utils.read_image = sys.modules["fastreid.data.common"].read_image = rgb_read_image(data_utils.read_image)
     _APPLIED = True
