@@ -72,11 +72,12 @@ def seeded_random_state(seed: int):
 
 
 def collate_with_multiplicity(items: List[Dict]) -> Dict:
-    """fastreid's collation, plus a host-side bound on how often one cluster / proxy occurs
-    in the batch. Memories use it as the round count of the sequential update, so that they
-    never read it back from the device (METHODS §5)."""
+    """fastreid's collation, plus host-side counts that memories use instead of reading them
+    back from the device (METHODS §5): ``multiplicity``, how often one cluster / proxy occurs
+    in the batch (the round count of the sequential update), and ``distinct``, how many
+    clusters / proxies it holds (the size of O2CAP's per-proxy query block)."""
     batch = fast_batch_collator(items)
-    batch["multiplicity"] = {
-        key: int(np.bincount([item[key] for item in items]).max()) for key in ("clusters", "proxies")
-    }
+    keys = ("clusters", "proxies")
+    batch["multiplicity"] = {key: int(np.bincount([item[key] for item in items]).max()) for key in keys}
+    batch["distinct"] = {key: len({item[key] for item in items}) for key in keys}
     return batch

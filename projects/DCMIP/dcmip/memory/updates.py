@@ -10,6 +10,7 @@ at most B / (r + 1) rows can have it, so each round works on a window of that ma
 """
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -48,7 +49,6 @@ def sequential_momentum_update_(memory: torch.Tensor, features: torch.Tensor, la
     n = occ.numel()
     if rounds is None:
         rounds = int(occ.max()) + 1 if n else 0
-    features = features.to(memory.dtype)
     # Rows sorted (stably) by occurrence index: the rows of round r are the contiguous run
     # order[first[r]:first[r + 1]]. Each label occurring more than r times owns r + 1 distinct
     # rows, so at most n // (r + 1) labels do, and the run has at most that many rows: round r
@@ -56,23 +56,32 @@ def sequential_momentum_update_(memory: torch.Tensor, features: torch.Tensor, la
     # sync); slots past the run hold rows of later rounds, slots past n are clamped to row
     # n - 1, and both are masked out. For r beyond the true multiplicity first[r] = n and the
     # whole window is masked, so extra rounds are no-ops.
+    widths = [n // (r + 1) for r in range(rounds) if n // (r + 1) > 0]
+    if not widths:
+        return memory
+    device = labels.device
     order = torch.argsort(occ, stable=True)
-    first = torch.searchsorted(occ[order], torch.arange(rounds, device=labels.device))
-    pos = torch.arange(n, device=labels.device)
-    for r in range(rounds):
-        width = n // (r + 1)
-        if width == 0:
-            break
-        slots = first[r] + pos[:width]
-        window = order[slots.clamp_max(n - 1)]
-        # Only the r-th occurrence of each label moves its entry; the other rows of the window
-        # add an exact zero, which keeps the write deterministic under index_add_'s duplicate
-        # indices.
-        active = ((occ[window] == r) & (slots < n)).unsqueeze(1).to(memory.dtype)
-        rows = labels[window]
-        current = memory[rows]
-        updated = F.normalize(momentum * current + (1.0 - momentum) * features[window], dim=1)
-        memory.index_add_(0, rows, (updated - current) * active)
+    first = torch.searchsorted(occ[order], torch.arange(len(widths), device=device))
+    # Every round's window, concatenated, is prepared at once (the rounds then only read and
+    # write the memory): slot t belongs to round round_of[t] at offset t - starts[round_of[t]].
+    offsets = np.cumsum([0] + widths).tolist()
+    bounds = torch.tensor(offsets, device=device)
+    t = torch.arange(offsets[-1], device=device)
+    round_of = torch.searchsorted(bounds, t, right=True) - 1
+    slots = first[round_of] + (t - bounds[round_of])
+    window = order[slots.clamp_max(n - 1)]
+    # Only the r-th occurrence of each label moves its entry; the other rows of the window
+    # add an exact zero, which keeps the write deterministic under index_add_'s duplicate
+    # indices.
+    active = ((occ[window] == round_of) & (slots < n)).unsqueeze(1).to(memory.dtype)
+    rows = labels[window]
+    features = features.to(memory.dtype)[window]
+    for start, stop in zip(offsets[:-1], offsets[1:]):
+        current = memory.index_select(0, rows[start:stop])
+        # lerp(f, current, m) = m current + (1 - m) f, then F.normalize's division in place.
+        updated = torch.lerp(features[start:stop], current, momentum)
+        updated.div_(torch.linalg.vector_norm(updated, dim=1, keepdim=True).clamp_min_(1e-12))
+        memory.index_add_(0, rows[start:stop], updated.sub_(current).mul_(active[start:stop]))
     return memory
 
 

@@ -76,40 +76,40 @@ class _HardestInstanceLogits(torch.autograd.Function):
     """``(f / τ) · Iᵀ`` viewed as (B, K, C), reduced to (B, C) cluster logits: the own
     cluster's minimum over its K instances, every other cluster's maximum.
 
-    One function from the features to the selected logits so that the (B, K C) logits are
-    private to it: autograd through ``max(dim)`` / ``gather`` would route the gradient back
-    with scatter kernels that cost more than the matrix product on CPU, while here the
-    backward turns the saved logits, in place, into their gradient in two dense passes (each
-    cluster's gradient goes to the instance whose logit was selected, split evenly on exact
-    ties, which occur only between duplicated instances, i.e. identical vectors, so the
-    gradient with respect to the features is the same as picking one of them) and finishes
-    with the input-gradient product. Reusing the logits' storage means the graph supports
-    one backward pass.
+    One function from the features to the selected logits, so that the (B, K C) logits stay
+    private to the forward: only one instance per (image, cluster) is selected, so the
+    backward sums ``Σ_c g_bc I[selected_bc]`` straight from those C instance rows
+    (``embedding_bag``), never through a (B, K C) gradient and its (B, K C) x (K C, d)
+    product. On a tie the first instance attaining the extremum is the selected one; exact
+    ties occur between duplicated instances, i.e. identical vectors, so any choice gives the
+    same gradient.
     """
 
     @staticmethod
     def forward(ctx, features: torch.Tensor, instances: torch.Tensor, labels: torch.Tensor,
                 num_clusters: int) -> torch.Tensor:
         logits = features @ instances.t()
-        per_cluster = logits.view(logits.shape[0], -1, num_clusters)  # [b, k, c] = entry c + k C
-        own = labels.unsqueeze(1) + num_clusters * torch.arange(per_cluster.shape[1], device=labels.device)
+        batch = logits.shape[0]
+        per_cluster = logits.view(batch, -1, num_clusters)  # [b, k, c] = entry c + k C
+        per_instance = per_cluster.shape[1]
+        k = torch.arange(per_instance, device=labels.device)
         selected = per_cluster.amax(dim=1)
-        selected.scatter_(1, labels.unsqueeze(1), logits.gather(1, own).amin(dim=1, keepdim=True))
-        ctx.save_for_backward(instances, selected)
-        ctx.logits = per_cluster
+        selected.scatter_(1, labels.unsqueeze(1),
+                          logits.gather(1, labels.unsqueeze(1) + num_clusters * k).amin(dim=1, keepdim=True))
+        # The first k whose logit is the selected one, as K - max_k (K - k) [logit_k == selected]:
+        # max(dim) with indices over the strided k axis costs ~10x an amax.
+        weight_dtype = torch.uint8 if per_instance < 256 else torch.int32
+        hit = (per_cluster == selected.unsqueeze(1)).to(weight_dtype)
+        first = per_instance - hit.mul_((per_instance - k).to(weight_dtype).view(-1, 1)).amax(dim=1).long()
+        ctx.save_for_backward(instances, first * num_clusters + torch.arange(num_clusters, device=labels.device))
         return selected
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        instances, selected = ctx.saved_tensors
-        if ctx.logits is None:
-            raise RuntimeError("L_ins supports a single backward pass per graph (its logits' storage "
-                               "is reused for their gradient)")
-        grad_logits, ctx.logits = ctx.logits, None
-        grad_logits.eq_(selected.unsqueeze(1))  # 1 where the logit was selected, else 0
-        grad_logits.mul_((grad / grad_logits.sum(dim=1)).unsqueeze(1))
+        instances, index = ctx.saved_tensors
         # Under autocast the forward product ran in half precision; the backward is outside it.
-        return grad_logits.view(grad.shape[0], -1) @ instances.to(grad_logits.dtype), None, None, None
+        return (F.embedding_bag(index, instances, per_sample_weights=grad.to(instances.dtype), mode="sum"),
+                None, None, None)
 
 
 @torch.no_grad()

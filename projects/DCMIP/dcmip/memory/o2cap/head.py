@@ -16,10 +16,10 @@ import torch
 
 from ...structures import PseudoLabels
 from ..base import MEMORY_HEAD_REGISTRY, MemoryHead
-from .functional import (ASSOCIATION_STATISTICS, ProxySet, association_statistics, balanced_query, base2_loss,
-                    base_loss, group_table, hard_negative_candidates, intra_loss, merge_loss, merged_positives,
-                    offline_loss, offline_positives, online_loss, online_positives, per_camera_mean,
-                    memory_scores)
+from .functional import (ASSOCIATION_STATISTICS, ProxySet, association_statistics, balanced_query,
+                         balanced_similarity, base2_loss, base_loss, contrastive_terms, distinct_proxy_queries,
+                         group_table, hard_negative_candidates, intra_loss, memory_scores, merged_positives,
+                         offline_positives, online_positives, per_camera_mean)
 from ..updates import normalized_centroids, sequential_momentum_update_
 
 PROXY_LOSSES = ("offline", "online", "merge", "intra")
@@ -145,11 +145,20 @@ class CameraAwareProxyMemory(MemoryHead):
         if self.uses_proxies:
             memory = self.proxy_memory
             f = features.to(memory.dtype)
-            if self.associates_online:
+            # Without L_intra every proxy loss reads a few scores per image: sparse backward.
+            sparse = "intra" not in self.losses
+            distinct = batch.get("distinct", {}).get("proxies")
+            if self.associates_online and distinct is not None:
+                # Eq. 5's proxy half from one product row per distinct proxy, in the scores' matmul.
+                queries, inverse = distinct_proxy_queries(memory, proxies, self.balance_weight, distinct)
+                scores, similarities = memory_scores(f, memory, self.temp, queries, sparse)
+                balanced = balanced_similarity(scores.detach(), similarities, inverse, self.temp,
+                                               self.balance_weight)
+            elif self.associates_online:
                 scores, balanced = memory_scores(f, memory, self.temp,
-                                                balanced_query(f, memory, proxies, self.balance_weight))
+                                                 balanced_query(f, memory, proxies, self.balance_weight), sparse)
             else:
-                scores = memory_scores(f, memory, self.temp)
+                scores = memory_scores(f, memory, self.temp, sparse=sparse)
             ranks = {"instance": scores.detach()}
             if "intra" in self.losses:
                 losses["loss_intra"] = intra_loss(scores, proxies, cams, self.proxy_cam)
@@ -160,21 +169,21 @@ class CameraAwareProxyMemory(MemoryHead):
                 online = online_positives(balanced, ProxySet(self.camera_proxies, self.camera_proxies_valid),
                                           self.k2)
                 self._accumulate_statistics(offline, online, clusters, batch.get("index"))
-            # name -> (loss, positive set, similarity ranking its hard negatives)
+            # name -> (positive set, similarity ranking its hard negatives): L_off (Eq. 4), L_on
+            # (Eq. 6), L_merge (Eq. 8), each a contrast_with_hard_negatives term.
             contrastive = {}
             if "offline" in self.losses:
-                contrastive["offline"] = (offline_loss, offline, "instance")
+                contrastive["offline"] = (offline, "instance")
             if "online" in self.losses:
-                contrastive["online"] = (online_loss, online, self.online_negatives)
+                contrastive["online"] = (online, self.online_negatives)
             if "merge" in self.losses:
-                contrastive["merge"] = (merge_loss, merged_positives(offline, online, clusters, self.proxy_cluster),
-                                        "instance")
-            # One top-k search per ranking similarity serves every loss that ranks by it.
-            for ranking in dict.fromkeys(r for _, _, r in contrastive.values()):
-                chosen = {name: (fn, p) for name, (fn, p, r) in contrastive.items() if r == ranking}
-                candidates = hard_negative_candidates(ranks[ranking], self.k1, *(p for _, p in chosen.values()))
-                for name, (loss_fn, positives) in chosen.items():
-                    losses[f"loss_{name}"] = loss_fn(scores, positives, candidates, self.k1)
+                contrastive["merge"] = (merged_positives(offline, online, clusters, self.proxy_cluster), "instance")
+            # One top-k search and one gather per ranking similarity serve every loss ranked by it.
+            for ranking in dict.fromkeys(r for _, r in contrastive.values()):
+                chosen = {name: p for name, (p, r) in contrastive.items() if r == ranking}
+                candidates = hard_negative_candidates(ranks[ranking], self.k1, *chosen.values())
+                terms = contrastive_terms(scores, tuple(chosen.values()), candidates, self.k1)
+                losses.update((f"loss_{name}", term) for name, term in zip(chosen, terms))
         if self.uses_clusters:
             memory = self.cluster_memory
             cluster_scores = memory_scores(features.to(memory.dtype), memory, self.temp)

@@ -1,0 +1,125 @@
+"""The fused paths of the memory heads (issue 11): the two-pass top-k, the stacked contrastive
+terms with their direct gradient, the sparse score gradient, the per-distinct-proxy balanced
+similarity, against plain PyTorch and the per-image oracle of tests/naive_o2cap.py."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dcmip.memory.o2cap.functional import (ProxySet, balanced_similarity, contrastive_terms, distinct_proxy_queries,
+                                           hard_negative_candidates, memory_scores, top_columns)
+from dcmip.memory.o2cap.head import CameraAwareProxyMemory
+from naive_o2cap import NaiveO2CAPHead, naive_multi_positive
+from test_o2cap import batch_of, make_cfg, make_pseudo, random_steps
+
+
+# ---- top_columns ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("columns,k", [(4024, 56), (4031, 56), (4027, 9), (600, 56), (30, 30)])
+def test_top_columns_is_topk(columns, k):
+    """Two passes (columns a multiple of 8 or not) and the one-pass fallback (few columns)."""
+    g = torch.Generator().manual_seed(columns)
+    values = torch.randn(16, columns, generator=g)
+    # Rows whose best entries sit in the leftover columns, and rows whose best entries share a group.
+    values[0, -(columns % 8 or 1):] += 10
+    values[1, torch.arange(0, columns, columns // 8)[:8]] += 10
+    assert torch.equal(top_columns(values, k), values.topk(k, dim=1).indices)
+
+
+# ---- contrastive_terms -----------------------------------------------------------------------
+
+def random_sets(batch, columns, widths, generator):
+    """ProxySets of distinct members, slot 0 valid, invalid slots repeating slot 0."""
+    sets = []
+    for width in widths:
+        index = torch.stack([torch.randperm(columns, generator=generator)[:width] for _ in range(batch)])
+        valid = torch.rand(batch, width, generator=generator) < 0.6
+        valid[:, 0] = True
+        sets.append(ProxySet(torch.where(valid, index, index[:, :1]), valid))
+    return sets
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("k1", [3, 200])
+def test_contrastive_terms_match_the_per_image_terms(sparse, k1):
+    """Three positive sets of widths 4, 1, 6 sharing one candidate search: values and the
+    gradient of any weighting of them, against per-image terms built from index lists."""
+    g = torch.Generator().manual_seed(k1)
+    batch, columns, d = 12, 40, 8
+    memory = F.normalize(torch.randn(columns, d, generator=g, dtype=torch.float64), dim=1)
+    f = F.normalize(torch.randn(batch, d, generator=g, dtype=torch.float64), dim=1).requires_grad_()
+    sets = random_sets(batch, columns, (4, 1, 6), g)
+    scores = memory_scores(f, memory, 0.07, sparse=sparse)
+    candidates = hard_negative_candidates(scores.detach(), k1, *sets)
+    terms = contrastive_terms(scores, sets, candidates, k1)
+    weights = torch.rand(len(sets), batch, generator=g, dtype=torch.float64)
+    grad, = torch.autograd.grad((terms * weights).sum(), f)
+
+    f_naive = f.detach().clone().requires_grad_()
+    s = f_naive @ memory.t() / 0.07
+    total = 0
+    for l, p in enumerate(sets):
+        for i in range(batch):
+            members = p.index[i][p.valid[i]].tolist()
+            expected = naive_multi_positive(s[i], members, s[i].detach(), k1)
+            assert terms[l, i].item() == pytest.approx(expected.item(), abs=1e-12)
+            total = total + weights[l, i] * expected
+    expected_grad, = torch.autograd.grad(total, f_naive)
+    torch.testing.assert_close(grad, expected_grad, atol=1e-12, rtol=0)
+
+
+def test_sparse_scores_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    memory = torch.randn(9, 4, generator=g, dtype=torch.float64)
+    f = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([[0, 8, 8], [3, 3, 1], [2, 5, 7]])
+    scores = memory_scores(f, memory, 0.5, sparse=True)
+    assert torch.allclose(scores.values, f.detach() @ memory.t() / 0.5)
+    assert torch.autograd.gradcheck(lambda x: memory_scores(x, memory, 0.5, sparse=True).gather(1, index), (f,))
+
+
+# ---- Eq. 5 from the distinct proxies ----------------------------------------------------------
+
+@pytest.mark.parametrize("spare", [0, 3])
+def test_balanced_similarity_from_distinct_proxies(spare):
+    """b_j = w f·K'[j] + (1-w) K'[z̃]·K'[j], with an exact and a loose bound on the distinct z̃."""
+    g = torch.Generator().manual_seed(spare)
+    memory = F.normalize(torch.randn(20, 6, generator=g, dtype=torch.float64), dim=1)
+    f = F.normalize(torch.randn(10, 6, generator=g, dtype=torch.float64), dim=1)
+    proxies = torch.tensor([7, 3, 7, 19, 3, 3, 0, 7, 19, 0])
+    queries, inverse = distinct_proxy_queries(memory, proxies, 0.15, 4 + spare)
+    assert queries.shape == (4 + spare, 6)
+    torch.testing.assert_close(queries[inverse], 0.85 * memory[proxies], atol=0, rtol=0)
+    scores, similarities = memory_scores(f, memory, 0.07, queries, sparse=True)
+    b = balanced_similarity(scores.values, similarities, inverse, 0.07, 0.15)
+    torch.testing.assert_close(b, 0.15 * f @ memory.t() + 0.85 * memory[proxies] @ memory.t(), atol=1e-14, rtol=0)
+
+
+# (losses, ONLINE_NEGATIVES, spare rows beyond the distinct proxies)
+ROWS = [(("offline", "online"), "instance", 0), (("offline", "online"), "balanced", 5), (("merge",), "instance", 5),
+        (("intra", "offline", "online"), "instance", 0)]
+
+
+@pytest.mark.parametrize("losses,negatives,spare", ROWS)
+def test_head_with_distinct_counts_matches_the_per_image_head(losses, negatives, spare):
+    """With the collation's count of distinct proxies (exact or loose) the head takes the
+    per-distinct-proxy path: two steps of losses, gradients and memories as the oracle."""
+    pseudo = make_pseudo(seed=5)
+    head = CameraAwareProxyMemory(make_cfg(losses, HARD_NEGATIVES=10, ONLINE_NEGATIVES=negatives))
+    head.reset(pseudo)
+    naive = NaiveO2CAPHead(losses, k1=10, negatives=negatives)
+    naive.reset(pseudo.features, pseudo.clusters, pseudo.proxies, pseudo.cams)
+    for rows, features in random_steps(pseudo, 2, seed=7):
+        batch = batch_of(pseudo, rows)
+        batch["distinct"] = {"proxies": len(set(batch["proxies"].tolist())) + spare}
+        f = features.clone().requires_grad_()
+        ours = head(f, batch)
+        grad, = torch.autograd.grad(sum(ours.values()), f)
+        f_naive = features.clone().requires_grad_()
+        expected = naive.forward(f_naive, batch["clusters"], batch["proxies"], batch["camids"])
+        expected_grad, = torch.autograd.grad(sum(expected.values()), f_naive)
+        for name in expected:
+            assert ours[name].item() == pytest.approx(expected[name].item(), abs=1e-10), name
+        torch.testing.assert_close(grad, expected_grad, atol=1e-10, rtol=0)
+        head.update(features, batch)
+        naive.update(features, batch["clusters"], batch["proxies"])
+        torch.testing.assert_close(head.proxy_memory, naive.proxy_memory, atol=1e-12, rtol=0)
