@@ -43,7 +43,7 @@ def test_train_holds_train_and_val_lists(tmp_path, caplog):
     assert dataset.train[6][2] == "msmt17_" + str((0 + 100) % 15)  # camera 101 % 15 + 1, 0-based
     assert dataset.query == plain.query and dataset.gallery == plain.gallery
     assert dataset.data == dataset.train
-    assert "train = list_train + list_val (9 images: 6 + 3)" in caplog.text
+    assert "train = list_train + list_val (9 images) = 6 + 3" in caplog.text
 
 
 def test_combineall_does_not_move_the_test_set_into_train(tmp_path):

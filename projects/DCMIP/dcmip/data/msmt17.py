@@ -49,5 +49,5 @@ class MSMT17TrainVal(MSMT17):
         self._train = train + val
         if self.mode == "train":
             self.data = self._train
-        logger.info(f"{type(self).__name__}: train = list_train + list_val ({len(self._train)} images: "
-                    f"{len(train)} + {len(val)})")
+        logger.info(f"{type(self).__name__}: train = list_train + list_val ({len(self._train)} images) "
+                    f"= {len(train)} + {len(val)}")
