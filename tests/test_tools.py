@@ -181,13 +181,28 @@ def test_visualize_ranks_writes_pages_of_the_expected_size(extracted, tmp_path):
     # height: 2 margins + title 22 + rows of 128 + 2 * 3 + text 28 = 162, with gaps of 4.
     assert Image.open(out / pages[0]).size == (320, 16 + 22 + 2 * 162 + 4)
     assert Image.open(out / pages[2]).size == (320, 16 + 22 + 162)
+    side = vis.load_side(extracted, None, {})  # an .npz needs no config or model
+    assert sorted(set(side.camera_labels())) == ["gate", "lobby", "yard"], "pages name the cameras"
     with pytest.raises(UserInputError, match="--order worst ranks queries by their AP"):
         vis.main(vis.get_parser().parse_args(["--query", extracted, "--output", str(out), "--order", "worst"]))
 
 
-def test_visualize_ranks_on_a_labelled_test_set_orders_by_ap_and_colours_frames(checkpoint, tmp_path, monkeypatch):
+def test_query_ap_is_the_evaluators_and_orders_the_queries():
+    vis = tool("visualize_ranks")
+    g = np.eye(4, dtype=np.float32)
+    q = np.array([[1, 0, 0, 0], [0.6, 0.8, 0, 0], [0, 0, 0, 1]], dtype=np.float32)
+    query = vis.Features(q, ["q0", "q1", "q2"], np.zeros(3, int), np.array([1, 1, 9]))
+    gallery = vis.Features(g, ["g0", "g1", "g2", "g3"], np.ones(4, int), np.array([1, 2, 1, 3]))
+    ap = vis.query_ap(query, gallery)
+    # q0: matches at ranks 1 and 3 (g0 first, then g1 / g2 / g3 tied in gallery order) -> (1 + 2/3) / 2;
+    # q1: g1, g0, g2: matches at ranks 2 and 3 -> (1/2 + 2/3) / 2; q2 has no match -> NaN.
+    np.testing.assert_allclose(ap[:2], [(1 + 2 / 3) / 2, (1 / 2 + 2 / 3) / 2], rtol=1e-6)
+    assert np.isnan(ap[2])
+    assert select_queries("worst", 5, 3, ap).tolist() == [1, 0]
+
+
+def test_visualize_ranks_on_a_labelled_test_set_colours_frames(checkpoint, tmp_path, monkeypatch):
     from dcmip.data.demo import generate_demo_dataset
-    from dcmip.evaluation.rank import evaluate_rank
     import fastreid.data.build as data_build
 
     generate_demo_dataset(tmp_path / "demo-market", seed=0, num_train_ids=2, num_test_ids=4, num_cams=3,
@@ -197,11 +212,6 @@ def test_visualize_ranks_on_a_labelled_test_set_orders_by_ap_and_colours_frames(
     args = vis.get_parser().parse_args(["--config-file", CONFIG, "--dataset", "DemoMarket", "--output",
                                         str(tmp_path / "out"), "--topk", "2", "--num-queries", "50",
                                         *OPTS, "MODEL.WEIGHTS", checkpoint[0]])
-    state = {}
-    query, gallery = vis.load_dataset("DemoMarket", args, state)
-    ap = evaluate_rank(torch.from_numpy(query.features), torch.from_numpy(gallery.features), query.pids,
-                       gallery.pids, query.cams, gallery.cams).all_AP
-    assert np.isclose(vis.query_ap(query, gallery), ap, equal_nan=True).all()
     vis.main(args)
     page = Image.open(tmp_path / "out" / "ranks_001.png").convert("RGB")
     x0, y0 = 8 + 70 + 16, 8 + 22

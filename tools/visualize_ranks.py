@@ -59,10 +59,16 @@ def get_parser():
 
 class Features:
     """What one side (query or gallery) needs: features, paths, cameras (-1 unknown), pids
-    (None when unlabelled)."""
+    (None when unlabelled), camera names by id (None: show ids)."""
 
-    def __init__(self, features, paths, cams, pids=None):
+    def __init__(self, features, paths, cams, pids=None, camera_names=None):
         self.features, self.paths, self.cams, self.pids = features, list(paths), np.asarray(cams), pids
+        self.camera_names = list(camera_names) if camera_names is not None and len(camera_names) else None
+
+    def camera_labels(self):
+        if self.camera_names is None:
+            return self.cams
+        return [self.camera_names[c] if c >= 0 else "" for c in self.cams.tolist()]
 
 
 def _model_cfg(args, state):
@@ -78,10 +84,10 @@ def _model_cfg(args, state):
 def load_side(source: str, args, state) -> Features:
     if source.lower().endswith(".npz"):
         data = load_features(source)
-        return Features(data["features"], data["paths"], data["cams"])
+        return Features(data["features"], data["paths"], data["cams"], camera_names=data["camera_names"])
     cfg, model = _model_cfg(args, state)
-    paths, cams, _ = entries_to_arrays(check_images(list_images(source), cfg.UNSUP.CORRUPT_IMAGES))
-    return Features(image_features(cfg, model, paths, cams), paths, cams)
+    paths, cams, names = entries_to_arrays(check_images(list_images(source), cfg.UNSUP.CORRUPT_IMAGES))
+    return Features(image_features(cfg, model, paths, cams), paths, cams, camera_names=names)
 
 
 def load_dataset(name: str, args, state):
@@ -137,8 +143,8 @@ def main(args):
                                None if ranks.match is None else ranks.match[rows])
         title = (f"{order} queries {start + 1}-{min(start + args.per_page, len(chosen))} of {len(chosen)}: "
                  f"query, then its top {args.topk} by cosine distance d ({legend})")
-        image = draw_rank_page(chosen[rows], ranks_page, query.paths, gallery.paths, query.cams,
-                               gallery.cams, ap, title)
+        image = draw_rank_page(chosen[rows], ranks_page, query.paths, gallery.paths, query.camera_labels(),
+                               gallery.camera_labels(), ap, title)
         path = os.path.join(args.output, f"ranks_{page_no:03d}.png")
         image.save(path)
         print(f"wrote {path}")

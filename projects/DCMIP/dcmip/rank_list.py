@@ -121,7 +121,8 @@ def draw_rank_page(queries: Sequence[int], ranks: RankLists, query_paths: Sequen
     """One page: a row per query, ``queries[i]`` (an index into the query arrays) having its
     top-k in row i of ``ranks``: the query (blue frame; its AP when known) and its top-k with
     rank and distance; green / red frames for the same / another identity where identities
-    are known, none otherwise."""
+    are known, none otherwise. ``query_cams`` / ``gallery_cams`` label the images: camera ids
+    (-1 unknown) or names."""
     topk = ranks.index.shape[1]
     page = Image.new("RGB", page_size(len(queries), topk), BACKGROUND)
     draw, font = ImageDraw.Draw(page), _font()
@@ -129,7 +130,11 @@ def draw_rank_page(queries: Sequence[int], ranks: RankLists, query_paths: Sequen
     cell_w, cell_h = THUMB[0] + 2 * FRAME, THUMB[1] + 2 * FRAME + TEXT_H
 
     def cam(cams, i):
-        return f"cam {int(cams[i])}" if cams is not None and cams[i] >= 0 else ""
+        if cams is None:
+            return ""
+        if isinstance(cams[i], str):
+            return cams[i][:12]  # a camera name, as wide as a cell
+        return f"cam {int(cams[i])}" if cams[i] >= 0 else ""
 
     for row, q in enumerate(queries):
         y = MARGIN + TITLE_H + row * (cell_h + GAP)
