@@ -60,16 +60,24 @@ def test_config_values_are_consistent(path):
     """Every shipped config, through the real loader: its method's temperature, momentum and
     sampler, whole P x K batches, LR steps inside the run, an evaluation that DCMIP's stage 2
     can start from, and the erasing / clustering settings of the authors."""
+    from dcmip.memory import uses_dcmip
+
     cfg = load(path)
     u = cfg.UNSUP
-    temp, momentum, samplers = METHOD[u.MEMORY.NAME]
-    assert (u.MEMORY.TEMP, u.MEMORY.MOMENTUM) == (temp, momentum)
+    if u.MEMORY.NAME == "CompositeMemory":
+        # Every member with its own method's tau and momentum; the sampler of one of them.
+        members = list(u.MEMORY.MEMBERS)
+        assert list(zip(u.MEMORY.MEMBER_TEMPS, u.MEMORY.MEMBER_MOMENTA)) == [METHOD[m][:2] for m in members]
+        samplers = set.union(*(METHOD[m][2] for m in members))
+    else:
+        temp, momentum, samplers = METHOD[u.MEMORY.NAME]
+        assert (u.MEMORY.TEMP, u.MEMORY.MOMENTUM) == (temp, momentum)
     assert u.SAMPLER.NAME in samplers
     assert cfg.SOLVER.IMS_PER_BATCH % u.SAMPLER.NUM_INSTANCES == 0
     assert (u.CLUSTER.MIN_SAMPLES, u.CLUSTER.K2) == (4, 6) and 0 < u.CLUSTER.EPS < 1
     assert (u.REA.MODE, cfg.INPUT.REA.ENABLED, cfg.INPUT.REA.PROB) == ("authors", True, 0.5)
     assert list(cfg.SOLVER.STEPS) == sorted(cfg.SOLVER.STEPS) and max(cfg.SOLVER.STEPS) < cfg.SOLVER.MAX_EPOCH
-    if u.MEMORY.NAME == "DiscrepantProxyMemory":
+    if uses_dcmip(cfg):
         assert 0 < u.DCMIP.STAGE1_EPOCHS <= cfg.SOLVER.MAX_EPOCH
         assert u.DCMIP.STAGE1_EPOCHS % cfg.TEST.EVAL_PERIOD == 0, "stage 2 starts from the best evaluated stage-1 model"
     if path.endswith("_cpu.yml") or "/market_split/" in path:  # sized for 2 CPU cores

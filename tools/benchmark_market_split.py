@@ -5,11 +5,14 @@
     .venv/bin/python tools/benchmark_market_split.py --rows o2cap,dcmip    # some rows (rows run on their own)
     .venv/bin/python tools/benchmark_market_split.py --assemble            # table + plots from saved rows
     .venv/bin/python tools/benchmark_market_split.py --rows zero-shot,o2cap --smoke   # tiny pipeline check
+    .venv/bin/python tools/benchmark_market_split.py --protocol two-camera --rows all  # issue 13: cameras c5, c6
 
 Each row runs tools/train_net.py as a subprocess with OUTPUT_DIR <out>/<row> and saves
 <out>/<row>/row.json (final metrics, wall time, commit). --assemble (also done after runs) writes
 docs/results/market1501-split.md and docs/results/market1501-split-<row>.png. See
-docs/market_split_benchmark.md.
+docs/market_split_benchmark.md. --protocol two-camera runs the rows of the two-camera protocol
+(MarketSplitTwoCameras, docs/composite.md) into output/two_camera and
+docs/results/market1501-two-camera.md.
 """
 import argparse
 import json
@@ -33,9 +36,26 @@ ROWS = {
     "o2cap": ("configs/O2CAP/market_split/o2cap.yml", []),
     "dcmip": ("configs/DCMIP/market_split_cpu.yml", []),
 }
+TWO_CAMERA_ROWS = {
+    "zero-shot": ("configs/O2CAP/two_camera_cpu.yml", ["--eval-only"]),
+    "cluster-contrast": ("configs/ClusterContrast/two_camera_cpu.yml", []),
+    "cap4": ("configs/O2CAP/two_camera_cap4_cpu.yml", []),
+    "o2cap": ("configs/O2CAP/two_camera_cpu.yml", []),
+    "dcmip": ("configs/DCMIP/two_camera_cpu.yml", []),
+    "dcmip-o2cap": ("configs/DCMIP/o2cap_two_camera_cpu.yml", []),
+}
+# protocol: (rows, dataset, default output root, default doc)
+PROTOCOLS = {
+    "split": (ROWS, "MarketSplit", os.path.join("output", "market_split"),
+              os.path.join("docs", "results", "market1501-split.md")),
+    "two-camera": (TWO_CAMERA_ROWS, "MarketSplitTwoCameras", os.path.join("output", "two_camera"),
+                   os.path.join("docs", "results", "market1501-two-camera.md")),
+}
+# Rows trained by DCMIP's two stages: a stage-1 row and stage-2 student and teacher rows.
+TWO_STAGE = {"dcmip": "DCMIP", "dcmip-o2cap": "DCMIP + O2CAP"}
 LABELS = {"zero-shot": "ImageNet MobileNetV2 (zero-shot)", "cluster-contrast": "Cluster Contrast",
           "baseline2": "O2CAP Baseline2", "cap4": "O2CAP CAP4 (L_off, PB sampling)",
-          "o2cap3": "O2CAP O2CAP3 (merged)", "o2cap": "O2CAP"}
+          "o2cap3": "O2CAP O2CAP3 (merged)", "o2cap": "O2CAP", **TWO_STAGE}
 SMOKE_OPTS = ["UNSUP.ITERS", "2", "SOLVER.MAX_EPOCH", "1", "TEST.EVAL_PERIOD", "1", "SOLVER.WARMUP_ITERS", "0",
               "SOLVER.STEPS", "(1,)", "TEST.IMS_PER_BATCH", "64"]
 SMOKE_DCMIP = ["SOLVER.MAX_EPOCH", "2", "UNSUP.DCMIP.STAGE1_EPOCHS", "1", "UNSUP.DCMIP.STAGE_LR_STEPS", "(1,)"]
@@ -91,13 +111,13 @@ def profile_steps(config, opts, n):
     return sum(times) / len(times)
 
 
-def run_row(row, out_root, smoke, profile_n, extra):
-    config, args = ROWS[row]
+def run_row(rows, row, out_root, smoke, profile_n, extra):
+    config, args = rows[row]
     out = os.path.join(out_root, row)
     os.makedirs(out, exist_ok=True)
     opts = ["OUTPUT_DIR", out]
     if smoke and row != "zero-shot":
-        opts += SMOKE_OPTS + (SMOKE_DCMIP if row == "dcmip" else [])
+        opts += SMOKE_OPTS + (SMOKE_DCMIP if row in TWO_STAGE else [])
     opts += extra
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config] + args + opts
     print("+", " ".join(cmd), flush=True)
@@ -175,22 +195,23 @@ def row_results(out_root, row, ims_per_batch, iters, stage1_epochs=None):
         extra["outside_share"] = max(0.0, 1 - rec["backbone_step_s"] / step_s)
     if not evals:
         return rec, records, [(LABELS.get(row, row), {}, extra)]
-    if row != "dcmip":
+    if row not in TWO_STAGE:
         return rec, records, [(LABELS.get(row, row), {k: evals[-1].get(k) for k in METRICS}, extra)]
+    name = TWO_STAGE[row]
     stage1_end = stage1_epochs * iters
     s1 = [r for r in evals if r.get("iteration", 0) < stage1_end and "teacher/mAP" not in r]
     s2 = [r for r in evals if r.get("iteration", 0) >= stage1_end]
     out = []
     if s1:
         best = max(s1, key=lambda r: r["mAP"])
-        out.append(("DCMIP stage 1 (best)", {k: best.get(k) for k in METRICS}, extra))
+        out.append((f"{name} stage 1 (best)", {k: best.get(k) for k in METRICS}, extra))
     if s2:
         last = s2[-1]
-        out.append(("DCMIP stage 2 student", {k: last.get(k) for k in METRICS}, extra))
+        out.append((f"{name} stage 2 student", {k: last.get(k) for k in METRICS}, extra))
         tl = [r for r in s2 if "teacher/mAP" in r]
         if tl:
-            out.append(("DCMIP stage 2 teacher", {k: tl[-1].get("teacher/" + k) for k in METRICS}, extra))
-    return rec, records, out or [("DCMIP", {}, extra)]
+            out.append((f"{name} stage 2 teacher", {k: tl[-1].get("teacher/" + k) for k in METRICS}, extra))
+    return rec, records, out or [(name, {}, extra)]
 
 
 def plot(records, iters, path, title, zero_shot_map=None):
@@ -226,13 +247,19 @@ def fmt(v, p=1):
     return "–" if v is None else f"{v:.{p}f}"
 
 
-def assemble(out_root, doc):
+def last_value(records, key):
+    values = [r[key] for r in records if key in r]
+    return values[-1] if values else None
+
+
+def assemble(protocol, out_root, doc):
+    rows, dataset, default_out, default_doc = PROTOCOLS[protocol]
     doc_dir = os.path.dirname(os.path.abspath(doc))
     os.makedirs(doc_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(doc))[0]
     lines, images, commits, machines, commands, extras = [], [], set(), set(), [], set()
     zero_shot_map = None
-    for row in ROWS:
+    for row in rows:
         if not os.path.isfile(os.path.join(out_root, row, "row.json")):
             continue
         with open(os.path.join(out_root, row, "row.json")) as f:
@@ -240,7 +267,7 @@ def assemble(out_root, doc):
         cfg = load_cfg(rec["config"], rec["opts"])
         iters = cfg.UNSUP.ITERS
         rec, records, results = row_results(out_root, row, cfg.SOLVER.IMS_PER_BATCH, iters,
-                                            cfg.UNSUP.DCMIP.STAGE1_EPOCHS if row == "dcmip" else None)
+                                            cfg.UNSUP.DCMIP.STAGE1_EPOCHS if row in TWO_STAGE else None)
         if row == "zero-shot":
             zero_shot_map = results[0][1].get("mAP")
         commits.add(rec["commit"])
@@ -249,32 +276,37 @@ def assemble(out_root, doc):
             commands.append(command)
         extras.add(" ".join(rec.get("extra_opts", [])))
         machines.add(rec["machine"])
+        # Camera-aware proxies per cluster at the last clustering: ~1 when clusters stay in one camera.
+        ratio = last_value(records, "cluster/proxies_per_cluster")
         for label, m, ex in results:
-            lines.append(f"| {label} | " + " | ".join(fmt(m.get(k)) for k in METRICS) +
+            lines.append(f"| {label} | " + " | ".join(fmt(m.get(k)) for k in METRICS) + f" | {fmt(ratio, 2)}" +
                          f" | {fmt(ex['img_s'])} | {fmt(100 * ex['outside_share']) if ex.get('outside_share') is not None else '–'}"
                          f" | {ex['wall_s'] / 60:.1f} |" + (f" (rc {ex['rc']})" if ex["rc"] else ""))
         if row != "zero-shot":
             png = os.path.join(doc_dir, f"{stem}-{row}.png")
             ex = results[0][2]
-            plot(records, iters, png, f"{LABELS.get(row, 'DCMIP')} on MarketSplit: "
+            plot(records, iters, png, f"{LABELS.get(row, row)} on {dataset}: "
                  f"{fmt(ex['img_s'])} img/s training throughput (IMS_PER_BATCH / mean step time)", zero_shot_map)
             images.append((row, os.path.basename(png)))
-    text = ["# Market-1501 split (MarketSplit) on CPU", "",
+    text = [f"# Market-1501 split ({dataset}) on CPU", "",
             "ImageNet MobileNetV2, 128×64 input, fp32, a budget of at most 15 minutes per method on 2 cores "
             "(docs/market_split_benchmark.md).", "",
             "Command" + ("s" if len(commands) > 1 else "") + ": " + ", ".join(f"`{c}`" for c in commands), "",
             ] + ([f"Config overrides for every row: `{', '.join(sorted(extras))}` (on top of each row's config)", ""]
                  if any(extras) else []) + [
             "Then `.venv/bin/python tools/benchmark_market_split.py --assemble"
-            + (f" --out {os.path.relpath(out_root, ROOT)}" if os.path.relpath(out_root, ROOT) != os.path.join("output", "market_split") else "")
-            + (f" --doc {os.path.relpath(doc, ROOT)}" if os.path.relpath(doc, ROOT) != os.path.join("docs", "results", "market1501-split.md") else "")
+            + (f" --protocol {protocol}" if protocol != "split" else "")
+            + (f" --out {os.path.relpath(out_root, ROOT)}" if os.path.relpath(out_root, ROOT) != default_out else "")
+            + (f" --doc {os.path.relpath(doc, ROOT)}" if os.path.relpath(doc, ROOT) != default_doc else "")
             + "` writes this file from the saved rows.", "",
             f"Commit: {', '.join(sorted(commits)) or '–'}  ", f"Machine: {'; '.join(sorted(machines)) or '–'}", "",
-            "| Method | mAP | Rank-1 | Rank-5 | Rank-10 | train img/s | step time outside backbone (%) | wall (min) |",
-            "|---|---|---|---|---|---|---|---|"] + lines + [""]
+            "| Method | mAP | Rank-1 | Rank-5 | Rank-10 | proxies / cluster | train img/s | step time outside backbone (%) | wall (min) |",
+            "|---|---|---|---|---|---|---|---|---|"] + lines + [""]
     text += ["Stage 1 (best) is the best stage-1 evaluation; stage 2 rows are the final evaluations. "
              "img/s = IMS_PER_BATCH / mean step time (metrics.json \"time\", data loading excluded); "
-             "the outside-backbone share is 1 − (backbone-only forward+backward of a random batch) / step time.", ""]
+             "the outside-backbone share is 1 − (backbone-only forward+backward of a random batch) / step time. "
+             "proxies / cluster: camera-aware proxies per cluster at the last clustering "
+             "(cluster/proxies_per_cluster; 1.0 = every cluster inside one camera).", ""]
     analysis = os.path.join(doc_dir, f"{stem}-analysis.md")
     if os.path.isfile(analysis):
         text += [f"What the table shows and why: [{os.path.basename(analysis)}]({os.path.basename(analysis)}).", ""]
@@ -287,31 +319,37 @@ def assemble(out_root, doc):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", default=None, help="all, or a comma list of " + ",".join(ROWS))
+    p.add_argument("--protocol", choices=list(PROTOCOLS), default="split",
+                   help="split: MarketSplit (issue 6); two-camera: MarketSplitTwoCameras (issue 13)")
+    p.add_argument("--rows", default=None, help="all, or a comma list of the protocol's rows: split "
+                   + ",".join(ROWS) + "; two-camera " + ",".join(TWO_CAMERA_ROWS))
     p.add_argument("--assemble", action="store_true", help="only assemble the doc from saved rows")
-    p.add_argument("--out", default=None, help="rows' output root (default output/market_split)")
-    p.add_argument("--doc", default=None, help="default docs/results/market1501-split.md")
+    p.add_argument("--out", default=None, help="rows' output root (default output/market_split, two-camera: "
+                   "output/two_camera)")
+    p.add_argument("--doc", default=None, help="default docs/results/market1501-split.md (two-camera: "
+                   "docs/results/market1501-two-camera.md)")
     p.add_argument("--profile-steps", type=int, default=10, help="backbone-only steps timed after each row (0: skip)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny budget (2 iterations, 1 epoch) to a temp output dir and temp doc, not docs/results")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="extra config overrides for every row")
     a = p.parse_args()
+    table, _, default_out, default_doc = PROTOCOLS[a.protocol]
     if a.smoke:
         tmp = tempfile.mkdtemp(prefix="market_split_smoke_")
         a.out = a.out or os.path.join(tmp, "out")
-        a.doc = a.doc or os.path.join(tmp, "docs", "market1501-split.md")
+        a.doc = a.doc or os.path.join(tmp, "docs", os.path.basename(default_doc))
         a.profile_steps = min(a.profile_steps, 2)
-    out_root = os.path.abspath(a.out or os.path.join(ROOT, "output", "market_split"))
-    doc = a.doc or os.path.join(ROOT, "docs", "results", "market1501-split.md")
+    out_root = os.path.abspath(a.out or os.path.join(ROOT, default_out))
+    doc = a.doc or os.path.join(ROOT, default_doc)
     rc = 0
     if a.rows and not a.assemble:
-        rows = list(ROWS) if a.rows == "all" else a.rows.split(",")
-        bad = [r for r in rows if r not in ROWS]
+        rows = list(table) if a.rows == "all" else a.rows.split(",")
+        bad = [r for r in rows if r not in table]
         if bad:
-            sys.exit(f"error: unknown rows {bad}; choose from {list(ROWS)}")
+            sys.exit(f"error: unknown rows {bad}; choose from {list(table)}")
         for r in rows:
-            rc |= run_row(r, out_root, a.smoke, a.profile_steps, a.opts)
-    assemble(out_root, doc)
+            rc |= run_row(table, r, out_root, a.smoke, a.profile_steps, a.opts)
+    assemble(a.protocol, out_root, doc)
     sys.exit(rc)
 
 
