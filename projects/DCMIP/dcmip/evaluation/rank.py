@@ -34,9 +34,9 @@ import torch.nn.functional as F
 __all__ = ["RankResult", "evaluate_rank", "default_block_size"]
 
 METRICS = ("cosine", "euclidean")
-# Distance elements per block: 64 MiB of float32 distances, ~0.6 GiB worst case with the
-# candidates' keys when every gallery image is a candidate (a poor model).
-_BLOCK_ELEMENTS = 1 << 24
+# Distance elements per block: 32 MiB of float32 distances, ~0.4 GiB at worst with the
+# candidates' keys, when every gallery image is a candidate (a poor model).
+_BLOCK_ELEMENTS = 1 << 23
 
 
 class RankResult(NamedTuple):
@@ -73,10 +73,20 @@ def _sortable(dist: torch.Tensor) -> torch.Tensor:
     return flipped.to(torch.int64) + (1 << 31)
 
 
-def _keys(rows: torch.Tensor, dist: torch.Tensor, cols: torch.Tensor, num_gallery: int) -> torch.Tensor:
-    """Strictly increasing in (row, distance, gallery index): the stable argsort order per row.
-    Fits int64 while rows * num_gallery < 2**31."""
-    return ((rows << 32) + _sortable(dist)) * num_gallery + cols
+def _keys(rows: torch.Tensor, dist: torch.Tensor, flat: torch.Tensor, num_gallery: int) -> torch.Tensor:
+    """Strictly increasing in (row, distance, gallery index) -- the stable argsort order per
+    row -- of the elements ``flat = row * num_gallery + col`` of a block: ``((row << 32) +
+    sortable(dist)) * num_gallery + col``. Fits int64 while the block has < 2**31 elements."""
+    return (rows * ((1 << 32) - 1) + _sortable(dist)) * num_gallery + flat
+
+
+def _sorted(keys: torch.Tensor) -> torch.Tensor:
+    """``keys`` (distinct int64) in increasing order."""
+    if keys.device.type == "cpu":
+        # numpy's stable sort (timsort) uses the row-sorted runs the candidates come in and
+        # returns no indices: several times faster here than torch's CPU sort.
+        return torch.from_numpy(np.sort(keys.numpy(), kind="stable"))
+    return torch.sort(keys).values
 
 
 class _Distance:
@@ -107,7 +117,7 @@ class _Distance:
 
 class _Matches:
     """For a block of queries, the (row, gallery index) of every gallery image with the query's
-    identity, split into kept matches and removed ones (same identity and camera)."""
+    identity, split into kept matches and removed ones (same identity and camera: Market rule)."""
 
     def __init__(self, q_pids, g_pids, q_cams, g_cams, num_pids: int):
         self.q_pids, self.q_cams, self.g_cams = q_pids, q_cams, g_cams
@@ -123,7 +133,7 @@ class _Matches:
         offset = torch.arange(len(rows), device=pids.device) - first[rows]
         cols = self.by_pid[self.start[pids][rows] + offset]
         kept = self.g_cams[cols] != cams[rows]
-        return rows[kept], cols[kept]
+        return (rows[kept], cols[kept]), (rows[~kept], cols[~kept])
 
 
 @torch.no_grad()
@@ -160,8 +170,10 @@ def evaluate_rank(query_feats: torch.Tensor, gallery_feats: torch.Tensor, query_
         raise ValueError(f"Nothing to rank: {num_q} queries, {num_g} gallery images.")
     device = query_feats.device
     query_feats, gallery_feats = query_feats.float(), gallery_feats.to(device, torch.float32)
-    if not (torch.isfinite(query_feats).all() and torch.isfinite(gallery_feats).all()):
-        raise ValueError("Features contain NaN or inf; the model diverged or the features are corrupt.")
+    # Row sums: one cheap pass; NaN or inf anywhere makes its row's sum non-finite.
+    if not (torch.isfinite(query_feats.sum(1)).all() and torch.isfinite(gallery_feats.sum(1)).all()):
+        raise ValueError("Features contain NaN or inf (or overflow float32); the model diverged or the "
+                         "features are corrupt.")
     if num_g >= 1 << 31:
         raise ValueError(f"{num_g} gallery images: at most 2**31 - 1 are supported.")
     block_size = default_block_size(num_g) if block_size is None else int(block_size)
@@ -182,21 +194,20 @@ def evaluate_rank(query_feats: torch.Tensor, gallery_feats: torch.Tensor, query_
         stop = min(start + block_size, num_q)
         b = stop - start
         dist = distance(start, stop)
-        m_rows, m_cols = matches(start, stop)
+        (m_rows, m_cols), removed = matches(start, stop)
         m_dist = dist[m_rows, m_cols]
+        dist[removed] = float("inf")  # Market rule: never a candidate
 
         # Only gallery images no farther than the query's farthest match can precede a match.
         far = torch.full((b,), float("-inf"), device=device).scatter_reduce_(0, m_rows, m_dist, "amax")
-        flat = (dist <= far[:, None]).view(-1).nonzero().squeeze(1)
-        rows, cols = torch.div(flat, num_g, rounding_mode="floor"), flat % num_g
-        q_pid, q_cam = q_pids[start:stop], q_cams[start:stop]
-        keep = (g_pids[cols] != q_pid[rows]) | (g_cams[cols] != q_cam[rows])  # Market rule
-        flat, rows, cols = flat[keep], rows[keep], cols[keep]
-        ordered = torch.sort(_keys(rows, dist.view(-1)[flat], cols, num_g)).values
+        flat = (dist <= far[:, None]).view(-1).nonzero().squeeze(1)  # row-major
+        row_start = torch.searchsorted(flat, torch.arange(b + 1, device=device) * num_g)
+        rows = torch.repeat_interleave(torch.arange(b, device=device), row_start.diff())
+        ordered = _sorted(_keys(rows, dist.view(-1)[flat], flat, num_g))
 
-        # 1-based rank of each match among its query's kept gallery images.
-        row_start = torch.searchsorted(ordered, (torch.arange(b, device=device) << 32) * num_g)
-        rank = torch.searchsorted(ordered, _keys(m_rows, m_dist, m_cols, num_g)) - row_start[m_rows] + 1
+        # 1-based rank of each match among its query's kept gallery images (same rows order).
+        m_keys = _keys(m_rows, m_dist, m_rows * num_g + m_cols, num_g)
+        rank = torch.searchsorted(ordered, m_keys) - row_start[m_rows] + 1
 
         # j-th match of its query (1-based), in rank order.
         order = torch.argsort(m_rows * (num_g + 1) + rank)
