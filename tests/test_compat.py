@@ -92,3 +92,85 @@ def test_tensorboard_stub_names_the_missing_package():
 
     with pytest.raises(ImportError, match="pip install tensorboard"):
         SummaryWriter("x")
+
+
+def warnings_shown(message, module):
+    """What reaches the user when ``module`` warns ``message``, with dcmip's filters in
+    front of "always" (so nothing else hides a warning)."""
+    import warnings
+
+    from dcmip.compat import filter_harmless_warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        filter_harmless_warnings()
+        warnings.warn_explicit(message, UserWarning, "x.py", 1, module=module)
+    return [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("message, module", [
+    ("TypedStorage is deprecated. It will be removed in the future and UntypedStorage will be the only "
+     "storage class.", "fastreid.data.transforms.functional"),
+    ("TypedStorage is deprecated. It will be removed in the future.", "fastreid.utils.comm"),
+    ("This DataLoader will create 4 worker processes in total. Our suggested max number of worker in "
+     "current system is 2", "torch.utils.data.dataloader"),
+    ("Cython rank evaluation (very fast so highly recommended) is unavailable, now use python evaluation.",
+     "fastreid.evaluation.rank"),
+    ("`broadcast_buffers` is deprecated. Use `forward_sync_buffers` instead.", "dcmip.engine.trainer"),
+])
+def test_harmless_warnings_are_filtered(message, module):
+    assert warnings_shown(message, module) == []
+
+
+@pytest.mark.parametrize("message, module", [
+    ("TypedStorage is deprecated. It will be removed in the future.", "my_package.storage"),  # not fastreid's
+    ("Some other warning", "fastreid.data.transforms.functional"),
+    ("This DataLoader's batch_sampler is odd", "torch.utils.data.dataloader"),
+    ("Cython is missing", "fastreid.evaluation.rank"),
+])
+def test_the_warning_filter_is_narrow(message, module):
+    assert warnings_shown(message, module) == [message]
+
+
+def test_fastreid_to_tensor_warns_nothing():
+    import warnings
+
+    from PIL import Image
+
+    from dcmip.compat import filter_harmless_warnings
+    from fastreid.data.transforms.functional import to_tensor
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        filter_harmless_warnings()
+        to_tensor(Image.new("RGB", (4, 8)))
+    assert [str(w.message) for w in caught] == []
+
+
+def test_cuda_home_message_dropped_other_messages_kept():
+    import logging
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    log, handler = logging.getLogger("torch.utils.cpp_extension"), Keep()
+    log.addHandler(handler)
+    try:
+        log.warning("No CUDA runtime is found, using CUDA_HOME='/usr/local'")
+        log.warning("Error building extension 'x'")
+    finally:
+        log.removeHandler(handler)
+    assert handler.messages == ["Error building extension 'x'"]
+
+
+def test_fastreid_version_is_the_installed_one():
+    import importlib.metadata
+
+    import fastreid
+
+    assert fastreid.__version__ == importlib.metadata.version("fastreid") != "1.3"

@@ -37,18 +37,49 @@ the file's own mode, so an RGBA or grey+alpha PNG gave a 4- or 2-channel tensor 
 the first convolution) and a palette PNG or BMP its palette indices as grey levels (silently
 wrong colours). :func:`rgb_read_image` converts every image to RGB (an RGB or grey image reads
 exactly as before); ``fastreid.data.data_utils`` and ``fastreid.data.common`` get it.
+
+Log noise (so that a run's log says each fact once):
+  8. :data:`HARMLESS_WARNINGS`, each matched by the start of its message (and, where it
+     comes from fastreid, by module), are ignored: every DataLoader worker and every process
+     printed them again, up to 54 times a run. The list says why each is harmless; any
+     other warning still shows.
+  9. ``torch.utils.cpp_extension`` logs "No CUDA runtime is found, using CUDA_HOME=..." when
+     fastreid's environment table imports it on a machine without CUDA; a logging filter
+     drops that one message.
+ 10. fastreid 1.4.0's ``__version__`` still says "1.3" (its environment table prints it); it
+     is set from the installed distribution's metadata.
 """
 import collections
 import collections.abc
+import importlib.metadata
 import importlib.util
+import logging
 import math
 import sys
 import types
+import warnings
 
 import numpy as np
 import torch
 
 _APPLIED = False
+
+# (message start as a regular expression, module regex or "" for any): see patch 8.
+HARMLESS_WARNINGS = (
+    # fastreid's to_tensor and comm.all_gather build tensors with torch.ByteStorage.from_buffer,
+    # deprecated in torch 2 but working.
+    (r"TypedStorage is deprecated", r"fastreid\."),
+    # fastreid's test loader hard-codes 4 workers; on a machine with fewer cores torch warns at
+    # every evaluation. The workers only decode images: too many costs memory, not results.
+    (r"This DataLoader will create \d+ worker processes in total", ""),
+    # fastreid.evaluation.rank falls back to its Python ranking, which computes the same
+    # metrics (patch 7); UNSUP.EVALUATOR "blocked" does not use either.
+    (r"Cython rank evaluation \(very fast so highly recommended\) is unavailable", r"fastreid\."),
+    # Recent torch (2.15 here) deprecates DistributedDataParallel(broadcast_buffers=False) for an
+    # argument older torch lacks; the trainer's False (buffers not synchronised) is intended.
+    (r"`broadcast_buffers` is deprecated", ""),
+)
+_CUDA_HOME_MESSAGE = "No CUDA runtime is found"
 # A worker that printed an `error:` line exits with it; tools/train_net.py adds no traceback.
 USER_ERROR_EXIT_CODE = 3
 
@@ -76,6 +107,30 @@ def _patch_imports():
 class _MissingSummaryWriter:
     def __init__(self, *args, **kwargs):
         raise ImportError("TensorBoard logging needs the `tensorboard` package: pip install tensorboard")
+
+
+def tensorboard_available() -> bool:
+    """Whether the real ``tensorboard`` package is installed (not patch 4's stand-in)."""
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+def filter_harmless_warnings() -> None:
+    """Patches 8 and 9: ignore :data:`HARMLESS_WARNINGS` and torch's CUDA_HOME message.
+    DataLoader workers are forked and inherit the filters; spawned processes import dcmip."""
+    for message, module in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, module=module)
+    cpp_extension_logger = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _DropMessage) for f in cpp_extension_logger.filters):
+        cpp_extension_logger.addFilter(_DropMessage(_CUDA_HOME_MESSAGE))
 
 
 def rgb_read_image(read_image):
@@ -121,7 +176,9 @@ def apply_fastreid_compat():
     if _APPLIED:
         return
     _patch_imports()
+    filter_harmless_warnings()
 
+    import fastreid
     import fastreid.data.build  # noqa: F401
     import fastreid.engine.launch  # noqa: F401
     import fastreid.evaluation.reid_evaluation  # noqa: F401
@@ -137,4 +194,8 @@ def apply_fastreid_compat():
     reid_evaluation.ReidEvaluator._compile_dependencies = lambda self: None
     data_utils = sys.modules["fastreid.data.data_utils"]
     data_utils.read_image = sys.modules["fastreid.data.common"].read_image = rgb_read_image(data_utils.read_image)
+    try:
+        fastreid.__version__ = importlib.metadata.version("fastreid")
+    except importlib.metadata.PackageNotFoundError:
+        pass  # a source checkout on sys.path: keep what it says
     _APPLIED = True

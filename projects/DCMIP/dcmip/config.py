@@ -17,7 +17,9 @@ def add_dcmip_config(cfg):
     # They are statistics only: true identities never reach the loss.
     _C.UNSUP.LABEL_STATS = True
     # Seed of every random choice of the run (parameters, samplers, augmentation): same seed,
-    # same machine -> same pseudo labels and metrics.
+    # same machine -> same pseudo labels and metrics. The only seed: fastreid 1.4.0 has no SEED
+    # key and its default_setup seeds from the clock, which dcmip's run set-up replaces by this
+    # (logged as "seed <n> (UNSUP.SEED)"). Every process of a multi-GPU run uses it.
     _C.UNSUP.SEED = 0
     # Train images that cannot be opened or decoded: "error" stops naming the files,
     # "skip" drops them and logs how many (checked once, before the first epoch).
@@ -47,6 +49,15 @@ def add_dcmip_config(cfg):
     # sub-folder per camera (<camera>/**/*.jpg|png|bmp) or a CSV file with a path,camera header.
     # "" = $FASTREID_DATASETS/camera_folders.
     _C.UNSUP.DATA.CAMERA_FOLDERS = ""
+
+    # ---- pictures for a person (dcmip.visualization) ---------------------------------------
+    _C.UNSUP.VIS = CN()
+    # After every epoch's clustering, OUTPUT_DIR/montages/epoch_<e>.png: a seeded sample of
+    # clusters, one row each with its images grouped by camera, and a row of outliers (also
+    # to TensorBoard when it is installed). On in the *_cpu.yml configs.
+    _C.UNSUP.VIS.MONTAGE = False
+    # Clusters drawn per montage (rows, plus one row of outliers).
+    _C.UNSUP.VIS.CLUSTERS = 8
 
     # ---- clustering step (METHODS §1 steps 1-3) -------------------------------------------
     _C.UNSUP.CLUSTER = CN()

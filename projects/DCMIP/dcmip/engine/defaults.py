@@ -2,12 +2,13 @@
 import argparse
 import logging
 import os
+from typing import List, Optional
 
 import torch
 
 from fastreid.config import get_cfg
-from fastreid.engine import default_setup
 from fastreid.utils import comm
+from fastreid.utils.collect_env import collect_env_info
 from fastreid.utils.env import seed_all_rng
 from fastreid.utils.logger import setup_logger
 
@@ -36,15 +37,56 @@ def setup_cfg(args):
     checked for problems a user can fix before anything expensive starts."""
     cfg = load_cfg(args)
     cfg.freeze()
-    default_setup(cfg, args)
-    # fastreid's set-up only configures its own logger; ours writes to the same log.txt.
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dcmip", abbrev_name="dcmip")
-    seed_all_rng(cfg.UNSUP.SEED)
+    setup_run(cfg, args)
     return cfg
 
 
-def load_cfg(args):
-    """The merged and checked config, without fastreid's run set-up (logging, output dir)."""
+def setup_run(cfg, args) -> None:
+    """fastreid's ``default_setup``, saying each fact once: fastreid's and dcmip's loggers
+    to the console and OUTPUT_DIR/log.txt; the environment table; the command line; the
+    config as the keys that differ from the defaults (fastreid printed the YAML file and then
+    all ~250 keys), saved whole to OUTPUT_DIR/config.yaml; and the seed actually used,
+    UNSUP.SEED (fastreid's set-up seeds from the clock and logs that seed, which the run then
+    replaced)."""
+    rank, output_dir = comm.get_rank(), cfg.OUTPUT_DIR
+    if comm.is_main_process():
+        os.makedirs(output_dir, exist_ok=True)
+    setup_logger(output_dir, distributed_rank=rank)
+    setup_logger(output_dir, distributed_rank=rank, name="dcmip", abbrev_name="dcmip")
+    if comm.get_world_size() > 1:
+        logger.info(f"process {rank} of {comm.get_world_size()}")
+    # The table; torch's build flags that follow it are for torch bug reports.
+    logger.info("environment:\n" + collect_env_info().split("PyTorch built with")[0].rstrip())
+    logger.info(f"command line: {args}")
+    path = os.path.join(output_dir, "config.yaml")
+    if comm.is_main_process():
+        with open(path, "w") as f:
+            f.write(cfg.dump())
+    logger.info(f"config {args.config_file or '(defaults)'} with overrides {args.opts or 'none'}, saved to "
+                f"{path}; differs from the defaults (dcmip/config.py, fastreid's config/defaults.py) in:\n  "
+                + "\n  ".join(config_changes(cfg)))
+    seed_all_rng(cfg.UNSUP.SEED)
+    logger.info(f"seed {cfg.UNSUP.SEED} (UNSUP.SEED)")
+    if not args.eval_only:
+        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+
+
+def config_changes(cfg) -> List[str]:
+    """``KEY: value`` of every key whose value differs from the default config."""
+    def flat(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    defaults = dict(flat(add_dcmip_config(get_cfg())))
+    return [f"{key}: {value}" for key, value in flat(cfg) if defaults.get(key) != value]
+
+
+def load_cfg(args, needs_test_set: Optional[bool] = None):
+    """The merged and checked config, without fastreid's run set-up (logging, output dir).
+    ``needs_test_set`` (default: ``args.eval_only``): the run evaluates on DATASETS.TESTS."""
     cfg = get_cfg()
     add_dcmip_config(cfg)
     if args.config_file and not os.path.isfile(args.config_file):
@@ -58,13 +100,18 @@ def load_cfg(args):
         raise UserInputError(f"config: {e}. Plugin keys are declared in dcmip/config.py, the others "
                              f"in fastreid's config/defaults.py.") from None
     check_cfg(cfg, eval_only=args.eval_only)
+    if (args.eval_only if needs_test_set is None else needs_test_set) and not cfg.DATASETS.TESTS:
+        raise UserInputError("--eval-only: DATASETS.TESTS is empty, so there is nothing to evaluate on. Name a "
+                             "labelled test set (e.g. DATASETS.TESTS '(\"DemoMarket\",)'), or embed your own "
+                             "images with tools/extract_features.py.")
     return cfg
 
 
 def setup_tool_cfg(config_file: str, opts):
     """The checked, frozen config of a tool that runs a trained model (extract_features,
     visualize_ranks, export_onnx): checked like ``--eval-only``, logging to the console only."""
-    cfg = load_cfg(argparse.Namespace(config_file=config_file, opts=list(opts), eval_only=True))
+    cfg = load_cfg(argparse.Namespace(config_file=config_file, opts=list(opts), eval_only=True),
+                   needs_test_set=False)
     cfg.freeze()
     setup_logger(name="fastreid")
     setup_logger(name="dcmip", abbrev_name="dcmip")
@@ -86,7 +133,6 @@ def check_cfg(cfg, eval_only: bool = False) -> None:
             raise UserInputError(
                 f"DATASETS.TESTS: {name} has no identities, so there is no query / gallery to evaluate. "
                 f"Name a labelled Market-layout test set there (e.g. DemoMarket), or leave it empty.")
-    check_evaluator_config(cfg)
     check_select_metric(cfg)
     try:
         check_group_size(cfg.UNSUP.BN_GROUP_SIZE, cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size())
@@ -96,12 +142,11 @@ def check_cfg(cfg, eval_only: bool = False) -> None:
                                 ("UNSUP.DCMIP.TEACHER_BN", cfg.UNSUP.DCMIP.TEACHER_BN, TEACHER_BN)):
         if value not in choices:
             raise UserInputError(f"{key} {value!r}: choose one of {', '.join(choices)} (dcmip/config.py).")
+    check_evaluator_config(cfg)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise UserInputError(
             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no GPU is visible to torch. Run on a GPU machine, "
             f"or pass MODEL.DEVICE cpu (the *_cpu.yml configs are sized for a CPU).")
-    if eval_only and not cfg.MODEL.WEIGHTS:
-        logger.warning("no MODEL.WEIGHTS: using the initial (ImageNet) weights.")
     if eval_only and cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
         raise UserInputError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: no such checkpoint. Training writes "
                                 f"model_best.pth / model_final.pth into OUTPUT_DIR.")

@@ -36,6 +36,14 @@ def check_finite(epoch: int, features: torch.Tensor, network: str) -> None:
             f"SOLVER.BASE_LR, or resume from an earlier checkpoint (--resume restarts from model_last).")
 
 
+def clusters_spanning_cameras(clusters: torch.Tensor, cams: torch.Tensor) -> int:
+    """Clusters whose images come from more than one camera: the cross-camera matches that
+    unsupervised re-ID is after (a cluster of one camera may be one scene, not one person)."""
+    num_cams = int(cams.max()) + 1
+    pairs = torch.unique(clusters * num_cams + cams)  # one per (cluster, camera) with images
+    return int((torch.bincount(pairs // num_cams) > 1).sum())
+
+
 class ClusteringHook(HookBase):
     """Before every epoch (METHODS §1): extract the train features, cluster them (Jaccard +
     DBSCAN), drop the outliers, rebuild the memory and the train loader, log the statistics.
@@ -58,7 +66,7 @@ class ClusteringHook(HookBase):
         self.true_ids = (torch.tensor([pid_index[it[1]] for it in train_items])
                          if cfg.UNSUP.LABEL_STATS and label_stats else None)
         self.transform = build_train_transforms(cfg)
-        self.pseudo = None
+        self.pseudo = self.labels = self.stats = None
 
     def before_epoch(self):
         trainer, cfg, epoch = self.trainer, self.cfg, self.trainer.epoch
@@ -81,6 +89,7 @@ class ClusteringHook(HookBase):
         cluster_time = time.perf_counter() - start
 
         self.pseudo = self._pseudo_labels(epoch, labels, features, teacher_features)
+        self.labels = labels  # every train image's, -1 for outliers (read by the montage)
         model.memory.reset(self.pseudo)
         trainer.set_data_loader(self._loader(epoch))
         self._log(epoch, labels, extract_time, cluster_time)
@@ -146,13 +155,16 @@ class ClusteringHook(HookBase):
         p = self.pseudo
         stats = {
             "clusters": p.num_clusters,
+            "clusters_multi_camera": clusters_spanning_cameras(p.clusters, p.cams),
             "proxies": p.num_proxies,
+            "proxies_per_cluster": p.num_proxies / p.num_clusters,
             "outliers": int((labels < 0).sum()),
             "images_kept": len(p.indices),
         }
         if self.true_ids is not None:
             scores = pseudo_label_scores(labels.numpy(), self.true_ids.numpy())
             stats.update(nmi=scores["nmi"], ari=scores["ari"])
+        self.stats = stats
         msg = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
         logger.info(f"epoch {epoch} clustering: {msg} (features {extract_time:.1f}s, "
                     f"clustering {cluster_time:.1f}s)")

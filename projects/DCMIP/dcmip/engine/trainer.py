@@ -15,19 +15,22 @@ from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.engine import hooks
 from fastreid.engine.defaults import DefaultTrainer
 from fastreid.engine.train_loop import HookBase, TrainerBase
+from fastreid.modeling import build_model as build_reid_model
 from fastreid.solver import build_optimizer
 from fastreid.utils import comm
-from fastreid.utils.events import CommonMetricPrinter, get_event_storage
+from fastreid.utils.events import get_event_storage
 from fastreid.utils.logger import setup_logger
 
+from ..compat import tensorboard_available
 from ..data.checks import check_images
 from ..evaluation.evaluator import BlockedReidEvaluator, check_evaluator_config
 from ..modeling.batch_norm import convert_group_batchnorm
 from ..registry import TrainingStopped, lookup
 from .checkpoint import AtomicCheckpointer, checkpoint_metadata
-from .events import EpochJSONWriter
+from .events import EpochJSONWriter, EpochMetricPrinter, EpochTensorboardWriter
 from .hooks import ClusteringHook, StageLRScheduler
 from .selection import check_select_metric, selection_value
+from .visualization import CurvesHook, MontageHook
 
 logger = logging.getLogger(__name__)
 
@@ -164,9 +167,13 @@ class UnsupervisedTrainer(DefaultTrainer):
     def build_model(cls, cfg):
         # UNSUP.BN_GROUP_SIZE: BatchNorm statistics per group of images, as the authors'
         # DataParallel computes them (dcmip.modeling.batch_norm); training only.
-        model = super().build_model(cfg)
+        # fastreid's build_model, which DefaultTrainer's wraps with a ~300-line print of the model.
+        model = build_reid_model(cfg)
         for part in ("backbone", "heads"):
             setattr(model, part, convert_group_batchnorm(getattr(model, part), cfg.UNSUP.BN_GROUP_SIZE))
+        logger.info(f"model: {cfg.MODEL.BACKBONE.NAME} {cfg.MODEL.BACKBONE.DEPTH} at {tuple(cfg.INPUT.SIZE_TRAIN)}, "
+                    f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, memory head "
+                    f"{cfg.UNSUP.MEMORY.NAME}, on {cfg.MODEL.DEVICE}")
         return model
 
     @classmethod
@@ -209,16 +216,34 @@ class UnsupervisedTrainer(DefaultTrainer):
             hooks.IterationTimer(warmup_iter=1),
             StageLRScheduler(cfg, self.optimizer),
             ClusteringHook(cfg, self.train_items, label_stats=train_has_identities(cfg)),
-            EpochEvalHook(cfg.TEST.EVAL_PERIOD, self.evaluate, check_select_metric(cfg)),
-            EpochCheckpointer(cfg.SOLVER.CHECKPOINT_PERIOD),
         ]
+        if cfg.UNSUP.VIS.MONTAGE and comm.is_main_process():
+            ret.append(MontageHook(cfg, ret[-1], self.train_items, tensorboard_available()))
+        if cfg.DATASETS.TESTS:
+            ret.append(EpochEvalHook(cfg.TEST.EVAL_PERIOD, self.evaluate, check_select_metric(cfg)))
+        elif comm.is_main_process():
+            logger.info("no test set (DATASETS.TESTS is empty): no evaluation, no model_best; "
+                        "use model_final.pth (model_last.pth while training)")
+        ret.append(EpochCheckpointer(cfg.SOLVER.CHECKPOINT_PERIOD))
         if comm.is_main_process():
             ret.append(hooks.PeriodicWriter(self.build_writers(), 20))
+            ret.append(CurvesHook(cfg))
         return ret
 
     def build_writers(self):
-        return [CommonMetricPrinter(self.max_iter),
-                EpochJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]
+        writers = [EpochMetricPrinter(self.max_iter),
+                   EpochJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]
+        if tensorboard_available():
+            writers.append(EpochTensorboardWriter(self.cfg.OUTPUT_DIR))
+        else:
+            logger.info("no TensorBoard events: tensorboard is not installed (pip install tensorboard)")
+        return writers
+
+    def train(self):
+        """Train to SOLVER.MAX_EPOCH; the last evaluation's results on the main process, None
+        without a test set (fastreid's asserts that there was one)."""
+        TrainerBase.train(self, self.start_epoch, self.max_epoch, self.iters_per_epoch)
+        return getattr(self, "_last_eval_results", None) if comm.is_main_process() else None
 
     def evaluate(self):
         self._last_eval_results = self.test(self.cfg, self.unwrapped_model)

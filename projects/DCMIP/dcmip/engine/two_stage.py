@@ -92,6 +92,14 @@ class TwoStageTrainer(UnsupervisedTrainer):
 
     def _start_stage2(self):
         comm.synchronize()  # the main process has written stage 1's checkpoints
+        if not self.cfg.DATASETS.TESTS:
+            # Nothing was evaluated, so stage 1 has no best: stage 2 goes on from its last
+            # weights, the model in memory (after a resume, model_last's).
+            self.teacher.load_state_dict(self.unwrapped_model.state_dict())
+            self.optimizer.state.clear()
+            logger.info(f"epoch {self.epoch}: DCMIP stage 2 begins from stage 1's last model (no test set, so "
+                        f"no stage-1 best); EMA teacher initialised from it")
+            return
         best = os.path.join(self.cfg.OUTPUT_DIR, "model_best.pth")
         if not os.path.isfile(best):
             raise RuntimeError(f"epoch {self.epoch}: stage 2 starts from stage 1's best checkpoint, but "
