@@ -250,3 +250,17 @@ def test_dcmip_in_a_composite_has_dcmip_schedule_and_two_stage_trainer(monkeypat
     assert defaults.build_trainer(o2cap_only) == "one-stage"
     composite.UNSUP.DCMIP.STAGE1_EPOCHS = 10
     assert defaults.build_trainer(composite) == "one-stage"
+
+
+def test_the_config_check_refuses_the_combination_before_training():
+    import argparse
+
+    from dcmip.engine.defaults import load_cfg
+
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.BACKBONE.PRETRAIN", "False", "UNSUP.MEMORY.NAME", "CompositeMemory",
+            "UNSUP.MEMORY.MEMBERS", '("CameraAwareProxyMemory", "DiscrepantProxyMemory")',
+            "UNSUP.SAMPLER.NAME", "ProxyBalancedSampler"]
+    with pytest.raises(UserInputError, match="DiscrepantProxyMemory needs batches grouped by clusters"):
+        load_cfg(argparse.Namespace(config_file="", opts=opts, eval_only=False))
+    # Evaluating a trained model does not sample batches.
+    load_cfg(argparse.Namespace(config_file="", opts=opts + ["DATASETS.TESTS", '("DemoMarket",)'], eval_only=True))
