@@ -45,3 +45,48 @@ def test_one_line_per_iteration_when_scalars_arrive_together(tmp_path):
         writer.write()
     writer.close()
     assert read(path) == [{"iteration": 7, "b": 2.0}, {"iteration": 9, "a": 3.0}]
+
+
+def test_tensorboard_gets_late_scalars_and_the_montage(tmp_path):
+    import numpy as np
+    import pytest
+
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dcmip.engine.events import EpochTensorboardWriter
+
+    writer = EpochTensorboardWriter(str(tmp_path))
+    with EventStorage(0) as storage:
+        for it in range(4):
+            storage.iter = it
+            storage.put_scalar("total_loss", float(it), smoothing_hint=False)
+            writer.write()
+        storage.put_scalars(mAP=12.5, smoothing_hint=False)  # after the epoch, at iteration 3
+        storage.put_image("montage", np.full((3, 8, 16), 200, dtype=np.uint8))
+        writer.write()
+        writer.write()  # nothing new
+    writer.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("total_loss")] == [(i, float(i)) for i in range(4)]
+    assert [(e.step, e.value) for e in events.Scalars("mAP")] == [(3, 12.5)]
+    images = events.Images("montage")
+    assert [(e.step, e.width, e.height) for e in images] == [(3, 16, 8)]
+
+
+def test_metric_printer_prints_an_iteration_once(caplog):
+    import logging
+
+    from dcmip.engine.events import EpochMetricPrinter
+
+    printer = EpochMetricPrinter(max_iter=10)
+    with EventStorage(0) as storage, caplog.at_level(logging.INFO, logger="fastreid.utils.events"):
+        storage.epoch, storage.iter = 0, 4  # set by the trainer's loop
+        storage.put_scalar("total_loss", 1.0)
+        printer.write()
+        printer.write()  # the writer's after-epoch call at the same iteration
+        storage.iter = 5
+        printer.write()
+    assert sum("epoch/iter: 0/4 " in r.getMessage() for r in caplog.records) == 1
+    assert sum("epoch/iter: 0/5 " in r.getMessage() for r in caplog.records) == 1
