@@ -63,7 +63,7 @@ def sequential_momentum_update_(memory: torch.Tensor, features: torch.Tensor, la
     order = torch.argsort(occ, stable=True)
     first = torch.searchsorted(occ[order], torch.arange(len(widths), device=device))
     # Every round's window, concatenated, is prepared at once (the rounds then only read and
-    # write the memory): slot t belongs to round round_of[t] at offset t - starts[round_of[t]].
+    # write the memory): slot t belongs to round round_of[t] at offset t - bounds[round_of[t]].
     offsets = np.cumsum([0] + widths).tolist()
     bounds = torch.tensor(offsets, device=device)
     t = torch.arange(offsets[-1], device=device)
@@ -74,14 +74,14 @@ def sequential_momentum_update_(memory: torch.Tensor, features: torch.Tensor, la
     # add an exact zero, which keeps the write deterministic under index_add_'s duplicate
     # indices.
     active = ((occ[window] == round_of) & (slots < n)).unsqueeze(1).to(memory.dtype)
-    rows = labels[window]
-    features = features.to(memory.dtype)[window]
-    for start, stop in zip(offsets[:-1], offsets[1:]):
-        current = memory.index_select(0, rows[start:stop])
+    for rows, round_features, round_active in zip(labels[window].split(widths),
+                                                  features.to(memory.dtype)[window].split(widths),
+                                                  active.split(widths)):
+        current = memory.index_select(0, rows)
         # lerp(f, current, m) = m current + (1 - m) f, then F.normalize's division in place.
-        updated = torch.lerp(features[start:stop], current, momentum)
+        updated = torch.lerp(round_features, current, momentum)
         updated.div_(torch.linalg.vector_norm(updated, dim=1, keepdim=True).clamp_min_(1e-12))
-        memory.index_add_(0, rows[start:stop], updated.sub_(current).mul_(active[start:stop]))
+        memory.index_add_(0, rows, updated.sub_(current).mul_(round_active))
     return memory
 
 

@@ -21,6 +21,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ..updates import occurrence_index
 
@@ -44,7 +45,13 @@ class ProxySet(NamedTuple):
         return self.valid.sum(dim=1)
 
 
-def per_camera_mean(loss_per_image: torch.Tensor, cams: torch.Tensor, num_cams: int) -> torch.Tensor:
+def camera_counts(cams: torch.Tensor, num_cams: int) -> torch.Tensor:
+    """(num_cams,) float count of the batch's images per camera (sync-free: fixed size)."""
+    return torch.zeros(num_cams, device=cams.device).index_add_(0, cams, torch.ones(cams.shape, device=cams.device))
+
+
+def per_camera_mean(loss_per_image: torch.Tensor, cams: torch.Tensor, num_cams: int,
+                    counts: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Batch reduction of every O2CAP loss (METHODS §2, and Eq. 9 as printed): group the batch
     by camera and sum, over the cameras present, the mean of ℓ over that camera's images.
 
@@ -52,11 +59,15 @@ def per_camera_mean(loss_per_image: torch.Tensor, cams: torch.Tensor, num_cams: 
         loss_per_image: (B,) ℓ_i.
         cams: (B,) camera of each image, in [0, num_cams).
         num_cams: number of cameras of the dataset; a fixed size keeps the reduction sync-free.
+        counts: (num_cams,) images per camera of the whole batch when ``loss_per_image`` is
+            one process's share of it (default: :func:`camera_counts` of ``cams``). The
+            per-process results then add up to the reduction of the whole batch.
     """
     sums = loss_per_image.new_zeros(num_cams).index_add(0, cams, loss_per_image)
-    counts = loss_per_image.new_zeros(num_cams).index_add(0, cams, torch.ones_like(loss_per_image))
+    if counts is None:
+        counts = camera_counts(cams, num_cams)
     # Absent cameras have sum 0 and count 0: the clamp makes them contribute 0 instead of NaN.
-    return (sums / counts.clamp(min=1)).sum()
+    return (sums / counts.to(sums.dtype).clamp(min=1)).sum()
 
 
 def hard_negative_candidates(negative_rank: torch.Tensor, k1: int, *positive_sets: ProxySet) -> torch.Tensor:
@@ -170,6 +181,7 @@ class _MultiPositiveContrast(torch.autograd.Function):
         return log_normaliser - mean_positive
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_terms: torch.Tensor):
         grad, = ctx.saved_tensors
         width = ctx.width
