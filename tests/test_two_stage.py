@@ -117,6 +117,11 @@ def run(demo_root):
 
 def test_stage2_starts_from_the_best_not_the_last_stage1_weights(run):
     trainer, rec, _, _ = run
+    from dcmip.modeling.batch_norm import GroupBatchNorm2d
+
+    for network in (trainer.unwrapped_model, trainer.teacher):  # UNSUP.BN_GROUP_SIZE 8 reached both
+        groups = [m.group_size for m in network.modules() if isinstance(m, GroupBatchNorm2d)]
+        assert groups and set(groups) == {8}
     student, teacher = rec.stage2_start[2]
     best, last = rec.after_epoch_student[0], rec.after_epoch_student[1]
     params = [k for k, _ in trainer.unwrapped_model.named_parameters()]
@@ -176,3 +181,26 @@ def test_unknown_selection_metric_is_refused_before_training(demo_root, monkeypa
     root, weights = demo_root
     with pytest.raises(UserInputError, match="UNSUP.SELECT_METRIC 'top1'.*Rank-1.*mAP"):
         build_trainer(root, weights, monkeypatch, "UNSUP.SELECT_METRIC", "top1")
+
+
+def test_selection_keys():
+    """"mAP", fastreid's "metric" and every other result key are accepted; the ROC keys only
+    when the evaluator computes them."""
+    from dcmip.config import add_dcmip_config
+    from dcmip.engine.selection import check_select_metric, selection_value
+    from dcmip.registry import UserInputError
+    from fastreid.config import get_cfg
+
+    cfg = add_dcmip_config(get_cfg())
+    assert cfg.UNSUP.SELECT_METRIC == "mAP"
+    for key in ("mAP", "metric", "Rank-1", "Rank-10", "mINP"):
+        cfg.UNSUP.SELECT_METRIC = key
+        assert check_select_metric(cfg) == key
+    cfg.UNSUP.SELECT_METRIC = "TPR@FPR=1e-04"
+    with pytest.raises(UserInputError, match="choose one of"):
+        check_select_metric(cfg)
+    cfg.TEST.ROC.ENABLED = True
+    assert check_select_metric(cfg) == "TPR@FPR=1e-04"
+    assert selection_value({"mAP": 12.5, "metric": 30.0}, "metric") == 30.0
+    with pytest.raises(UserInputError, match="returned only mAP"):
+        selection_value({"mAP": 12.5}, "Rank-1")
