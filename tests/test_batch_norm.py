@@ -114,3 +114,29 @@ def test_a_batch_that_is_not_whole_groups_and_unsupported_layers_raise():
         convert_group_batchnorm(nn.Sequential(GhostBatchNorm(4, num_splits=2)), 2)
     with pytest.raises(ValueError, match="must be 0"):
         convert_group_batchnorm(make(), -1)
+
+
+def test_group_size_must_divide_each_process_batch():
+    from dcmip.modeling.batch_norm import check_group_size
+
+    check_group_size(64, 256, 1)  # the DCMIP GPU configs: 4 groups on one GPU
+    check_group_size(64, 256, 4)  # one group per process
+    check_group_size(0, 30, 4)  # whole batch: anything goes
+    with pytest.raises(ValueError, match="divide the 256 images"):
+        check_group_size(48, 256, 1)
+    with pytest.raises(ValueError, match="spanning processes"):
+        check_group_size(64, 256, 8)
+
+
+def test_config_check_refuses_a_group_size_that_does_not_divide_the_batch():
+    import argparse
+    import os
+
+    from dcmip.engine.defaults import load_cfg
+    from dcmip.registry import UserInputError
+
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "DCMIP",
+                          "demo_cpu.yml")
+    with pytest.raises(UserInputError, match="UNSUP.BN_GROUP_SIZE 48"):
+        load_cfg(argparse.Namespace(config_file=config, eval_only=False, opts=[
+            "MODEL.BACKBONE.PRETRAIN", "False", "SOLVER.IMS_PER_BATCH", "64", "UNSUP.BN_GROUP_SIZE", "48"]))
