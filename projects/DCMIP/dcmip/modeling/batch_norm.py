@@ -3,9 +3,10 @@
 
 The authors train on 4 GPUs under ``nn.DataParallel``: the batch of 256 is scattered into 4
 contiguous chunks of 64, every replica normalises its chunk with the chunk's own statistics,
-and only the replica on the first device updates the module's running statistics (replicas
-get their buffers by ``broadcast_coalesced``, which hands the source device the module's own
-tensors and the other devices copies that are then thrown away). So in training:
+and only the replica on the first device updates the module's running statistics
+(``nn.DataParallel``'s docstring: "the replica on ``device[0]`` will have its parameters and
+buffers sharing storage with the base parallelized module", BatchNorm2d being its example;
+the other replicas' updates are lost with them). So in training:
 
 - images ``[g G, (g + 1) G)`` are normalised with the mean and biased variance of that group;
 - ``running_mean`` / ``running_var`` / ``num_batches_tracked`` move with the first group only.
