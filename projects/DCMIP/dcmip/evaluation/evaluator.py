@@ -4,7 +4,7 @@ instead of a full argsort of the query x gallery distance matrix.
 Same ``process`` / ``evaluate`` interface, same collection (features to the CPU; under DDP
 gathered to rank 0, which alone returns results), same result keys and scale (percent):
 ``Rank-1``, ``Rank-5``, ``Rank-10``, ``mAP``, ``mINP``, ``metric`` = (mAP + Rank-1) / 2.
-The ranking runs on the GPU when there is one.
+The ranking runs on MODEL.DEVICE when that is a GPU, on the CPU otherwise.
 
 Not supported (they need the whole distance matrix): ``TEST.AQE`` (query expansion),
 ``TEST.RERANK`` (k-reciprocal re-ranking) and ``TEST.ROC`` (TPR@FPR over every query-gallery
@@ -71,7 +71,8 @@ class BlockedReidEvaluator(ReidEvaluator):
         if not predictions:
             raise UserInputError("The evaluator received no features: the test set is empty.")
 
-        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        on_gpu = self.cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available()
+        device = torch.device(self.cfg.MODEL.DEVICE if on_gpu else "cpu")
         features = torch.cat([p["feats"] for p in predictions]).to(device)
         pids = torch.cat([p["pids"] for p in predictions])
         camids = torch.cat([p["camids"] for p in predictions])
