@@ -26,6 +26,7 @@ DCMIP_HEAD = "DiscrepantProxyMemory"
 
 
 class Member(NamedTuple):
+    """One member's registered head name and its own weight, tau and momentum."""
     name: str
     weight: float
     temp: float
