@@ -53,7 +53,8 @@ def plot_curves(records: Sequence[Dict], iters_per_epoch: int, title: str = "") 
     from matplotlib.ticker import MaxNLocator
 
     loss_keys = sorted({k for r in records for k in r if k.startswith("loss_")})
-    fig, axes = plt.subplots(2, 2, figsize=(15, 9), dpi=100)
+    # One epoch axis for all panels (losses start after the first logged step, clustering at 0).
+    fig, axes = plt.subplots(2, 2, figsize=(15, 9), dpi=100, sharex="all")
     panels = (
         (axes[0, 0], "pseudo identities", [(k, name, 1.0, False) for k, name in CLUSTER_KEYS], "count"),
         (axes[0, 1], "train images", [(k, name, 1.0, False) for k, name in IMAGE_KEYS], "images"),
@@ -71,6 +72,7 @@ def plot_curves(records: Sequence[Dict], iters_per_epoch: int, title: str = "") 
                 drawn += 1
         ax.set_title(name, fontsize=13)
         ax.set_xlabel("epochs trained", fontsize=11)
+        ax.xaxis.set_tick_params(labelbottom=True)
         ax.set_ylabel(unit, fontsize=11)
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
