@@ -147,7 +147,12 @@ def test_fastreid_to_tensor_warns_nothing():
     assert [str(w.message) for w in caught] == []
 
 
-def test_cuda_home_message_dropped_other_messages_kept():
+@pytest.mark.parametrize("name, dropped, kept", [
+    ("torch.utils.cpp_extension", "No CUDA runtime is found, using CUDA_HOME='/usr/local'",
+     "Error building extension 'x'"),
+    ("fastreid.engine.defaults", "Evaluation results for DemoMarket in csv format:", "Prepare testing set"),
+])
+def test_noise_log_messages_dropped_others_kept(name, dropped, kept):
     import logging
 
     class Keep(logging.Handler):
@@ -158,14 +163,14 @@ def test_cuda_home_message_dropped_other_messages_kept():
         def emit(self, record):
             self.messages.append(record.getMessage())
 
-    log, handler = logging.getLogger("torch.utils.cpp_extension"), Keep()
+    log, handler = logging.getLogger(name), Keep()
     log.addHandler(handler)
     try:
-        log.warning("No CUDA runtime is found, using CUDA_HOME='/usr/local'")
-        log.warning("Error building extension 'x'")
+        log.warning(dropped)
+        log.warning(kept)
     finally:
         log.removeHandler(handler)
-    assert handler.messages == ["Error building extension 'x'"]
+    assert handler.messages == [kept]
 
 
 def test_fastreid_version_is_the_installed_one():

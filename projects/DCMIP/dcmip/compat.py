@@ -43,9 +43,11 @@ Log noise (so that a run's log says each fact once):
      comes from fastreid, by module), are ignored: every DataLoader worker and every process
      printed them again, up to 54 times a run. The list says why each is harmless; any
      other warning still shows.
-  9. ``torch.utils.cpp_extension`` logs "No CUDA runtime is found, using CUDA_HOME=..." when
-     fastreid's environment table imports it on a machine without CUDA; a logging filter
-     drops that one message.
+  9. Log records in :data:`DROPPED_LOG_MESSAGES` are dropped by a filter on their logger:
+     ``torch.utils.cpp_extension``'s "No CUDA runtime is found, using CUDA_HOME=..." when
+     fastreid's environment table imports it on a machine without CUDA, and fastreid's
+     "Evaluation results for <dataset> in csv format:" header, printed just above its own
+     "Evaluation results in csv format:" header of the same table.
  10. fastreid 1.4.0's ``__version__`` still says "1.3" (its environment table prints it); it
      is set from the installed distribution's metadata.
 """
@@ -79,7 +81,11 @@ HARMLESS_WARNINGS = (
     # argument older torch lacks; the trainer's False (buffers not synchronised) is intended.
     (r"`broadcast_buffers` is deprecated", ""),
 )
-_CUDA_HOME_MESSAGE = "No CUDA runtime is found"
+# (logger, message start): see patch 9.
+DROPPED_LOG_MESSAGES = (
+    ("torch.utils.cpp_extension", "No CUDA runtime is found"),
+    ("fastreid.engine.defaults", "Evaluation results for "),
+)
 # A worker that printed an `error:` line exits with it; tools/train_net.py adds no traceback.
 USER_ERROR_EXIT_CODE = 3
 
@@ -124,13 +130,14 @@ class _DropMessage(logging.Filter):
 
 
 def filter_harmless_warnings() -> None:
-    """Patches 8 and 9: ignore :data:`HARMLESS_WARNINGS` and torch's CUDA_HOME message.
+    """Patches 8 and 9: ignore :data:`HARMLESS_WARNINGS`, drop :data:`DROPPED_LOG_MESSAGES`.
     DataLoader workers are forked and inherit the filters; spawned processes import dcmip."""
     for message, module in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=message, module=module)
-    cpp_extension_logger = logging.getLogger("torch.utils.cpp_extension")
-    if not any(isinstance(f, _DropMessage) for f in cpp_extension_logger.filters):
-        cpp_extension_logger.addFilter(_DropMessage(_CUDA_HOME_MESSAGE))
+    for name, prefix in DROPPED_LOG_MESSAGES:
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) and f.prefix == prefix for f in log.filters):
+            log.addFilter(_DropMessage(prefix))
 
 
 def rgb_read_image(read_image):
