@@ -2,13 +2,15 @@
 
 Ours (``CameraAwareProxyMemory``, vectorised) against the per-image head of
 ``tests/naive_o2cap.py``, the stand-in for the authors' head: it loops over the images in
-Python the way their code does. Batch 32 from the proxy-balanced sampler (8 proxies x 4),
-Z = 4,024 camera-aware proxies over 6 cameras (Market-1501-like), d = 2048 and d = 128.
-Only the head is timed: the features come from a leaf tensor through the L2 normalisation, so
-the backward pass is the head's.
+Python the way their code does, and against the floor of any implementation that forms the
+scores densely: the bare products ``f K'^T`` and ``g K'`` at the same shapes. Batch 32 from the
+proxy-balanced sampler (8 proxies x 4), Z = 4,024 camera-aware proxies over 6 cameras
+(Market-1501-like), d = 2048 and d = 128. Only the head is timed: the features come from a leaf
+tensor through the L2 normalisation, so the backward pass is the head's. The ATen operators of
+one step are counted with a ``TorchDispatchMode`` (``benchmarks/op_count.py``).
 
-    PYTHONPATH=projects/DCMIP python benchmarks/o2cap_head.py [--steps 20] [--threads 2]
-        [--clock wall|cpu] [--append]
+    PYTHONPATH=projects/DCMIP python benchmarks/o2cap_head.py [--steps 20] [--repeats 1] [--threads 1]
+        [--clock cpu|wall] [--rows O2CAP O2CAP1 CAP] [--label NAME] [--append]
 
 Prints a table and writes it to docs/benchmarks/o2cap_head.md (--append: as one more section).
 """
@@ -33,20 +35,23 @@ from dcmip.sampling import build_sampler  # noqa: E402
 from dcmip.structures import PseudoLabels  # noqa: E402
 from fastreid.config import get_cfg  # noqa: E402
 from naive_o2cap import NaiveO2CAPHead  # noqa: E402
+from op_count import count_aten_ops  # noqa: E402
 
 NUM_PROXIES, NUM_CAMS, IMAGES_PER_PROXY, BATCH = 4024, 6, 3, 32
-# The authors' O2CAP head on this CPU, ms per step at d = 2048 and d = 128 (issue 4).
-AUTHORS_MS = {2048: 230.0, 128: 70.0}
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 READING = """The per-image head is `tests/naive_o2cap.py`: the spec implemented with a Python loop over
 the images (index lists, sorts, one image at a time), as the authors' code does, but with the
-scores computed by one matmul per camera group. The two heads alternate step by step, so that
-load changes on a shared machine hit both alike; the minimum is the least disturbed step.
+scores computed by one matmul per camera group. The floor is the pair of bare products any
+implementation that forms the (B, Z) scores needs, `f @ K'.T` and `g @ K'` (the input gradient).
+The per-image head, ours and the floor alternate step by step, so that load changes on a shared
+machine hit them alike; "ours / floor" is the ratio of their medians in the same run. The ATen
+operators of one step of ours (forward, backward, memory update, and the L2 normalisation in
+front) are counted with a `TorchDispatchMode` (`benchmarks/op_count.py`): on a GPU each one is a
+kernel launch.
 
-At d = 2048 both heads spend most of a step in dense products with the Z x d memory (ours: one
-pass forward, one backward), which bounds the ratio between them; at d = 128 the per-image
-loop dominates the per-image head. Issue 4 quotes the authors' head at ~230 ms (d = 2048) and
-~70 ms (d = 128) per step on this CPU, slower than this per-image head.
+The batches carry what the training collation counts on the host (`collate_with_multiplicity`):
+the multiplicity of a proxy (the rounds of the sequential update) and the number of distinct
+proxies (the rows of the proxy half of Eq. 5's balanced similarity).
 """
 # (Table II row, losses) timed at each size; O2CAP is the method, the others add loss terms.
 ROWS = (("O2CAP", ("offline", "online")), ("O2CAP1", ("intra", "offline", "online")),
@@ -80,9 +85,9 @@ def make_cfg(losses):
 
 
 def time_steps(steps, batches, clock, warmup: int = 3):
-    """Per step function, the (min, median) time in ms over ``batches`` after ``warmup``
-    untimed steps. The step functions alternate batch by batch, so that a load change on a
-    shared machine hits them alike; the minimum is the least disturbed measurement."""
+    """Per step function, its times in ms over ``batches`` after ``warmup`` untimed steps. The
+    step functions alternate batch by batch, so that a load change on a shared machine hits
+    them alike."""
     times = [[] for _ in steps]
     for i, batch in enumerate(batches):
         for step, record in zip(steps, times):
@@ -90,10 +95,12 @@ def time_steps(steps, batches, clock, warmup: int = 3):
             step(batch)
             if i >= warmup:
                 record.append(1e3 * (clock() - start))
-    return [(min(record), float(np.median(record))) for record in times]
+    return times
 
 
 def benchmark(dim: int, losses, steps: int, clock):
+    """Times of the per-image head, ours and the floor, and the number of ATen operators one
+    step of ours dispatches."""
     pseudo = synthetic_pseudo_labels(dim)
     cfg = make_cfg(losses)
     sampler = iter(build_sampler(cfg, pseudo, seed=0))
@@ -104,6 +111,8 @@ def benchmark(dim: int, losses, steps: int, clock):
         batches.append({"clusters": pseudo.clusters[rows], "proxies": pseudo.proxies[rows],
                         "camids": pseudo.cams[rows], "index": rows,
                         "multiplicity": {"clusters": BATCH, "proxies": cfg.UNSUP.SAMPLER.NUM_INSTANCES},
+                        # What the training collation counts on the host (collate_with_multiplicity).
+                        "distinct": {"proxies": len(set(pseudo.proxies[rows].tolist()))},
                         "raw": torch.randn(BATCH, dim, generator=g)})
 
     ours = build_memory_head(cfg)
@@ -118,7 +127,8 @@ def benchmark(dim: int, losses, steps: int, clock):
     o2cap = cfg.UNSUP.O2CAP
     naive = NaiveO2CAPHead(losses, temp=cfg.UNSUP.MEMORY.TEMP, momentum=cfg.UNSUP.MEMORY.MOMENTUM,
                            k1=o2cap.HARD_NEGATIVES, k2=o2cap.ONLINE_POSITIVES,
-                           weight=o2cap.BALANCE_WEIGHT, negatives=o2cap.ONLINE_NEGATIVES)
+                           weight=o2cap.BALANCE_WEIGHT, negatives=o2cap.ONLINE_NEGATIVES,
+                           baseline_reduction=o2cap.BASELINE_REDUCTION)
     naive.reset(pseudo.features, pseudo.clusters, pseudo.proxies, pseudo.cams)
 
     def naive_step(batch):
@@ -127,53 +137,62 @@ def benchmark(dim: int, losses, steps: int, clock):
         sum(naive.forward(features, batch["clusters"], batch["proxies"], batch["camids"]).values()).backward()
         naive.update(features.detach(), batch["clusters"], batch["proxies"])
 
-    return time_steps((naive_step, our_step), batches, clock)
+    # The floor of any implementation: the scores f K'^T and the input gradient g K', bare.
+    memory = ours.proxy_memory if ours.uses_proxies else ours.cluster_memory
+    grad = torch.randn(BATCH, memory.shape[0], generator=g)
+
+    def floor(batch):
+        batch["raw"] @ memory.t()
+        grad @ memory
+
+    ops = sum(count_aten_ops(our_step, batches[0]).values())
+    return time_steps((naive_step, our_step, floor), batches, clock), ops
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--clock", choices=CLOCKS, default="wall",
+    parser.add_argument("--repeats", type=int, default=1, help="measurements per row; the table shows medians")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--clock", choices=CLOCKS, default="cpu",
                         help="wall: elapsed time; cpu: the process's CPU time, insensitive to other "
                              "processes on a shared machine (meaningful with --threads 1)")
+    parser.add_argument("--rows", nargs="+", choices=[name for name, _ in ROWS], default=[name for name, _ in ROWS])
+    parser.add_argument("--label", default="", help="a name for this run's section, e.g. the commit measured")
     parser.add_argument("--output", default=os.path.join(ROOT, "docs", "benchmarks", "o2cap_head.md"))
     parser.add_argument("--append", action="store_true", help="add this run to the output file as a new section")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0]
+    load_before = os.getloadavg()[0]
 
-    table, ours_o2cap = [], {}
+    table = []
     for dim in (2048, 128):
         for name, losses in ROWS:
-            (naive_min, naive_med), (ours_min, ours_med) = benchmark(dim, losses, args.steps, CLOCKS[args.clock])
-            table.append([name, " + ".join(losses), dim, f"{naive_min:.1f} ({naive_med:.1f})",
-                          f"{ours_min:.2f} ({ours_med:.2f})", f"{naive_min / ours_min:.1f}x"])
+            if name not in args.rows:
+                continue
+            runs = [benchmark(dim, losses, args.steps, CLOCKS[args.clock]) for _ in range(args.repeats)]
+            naive, ours, floor = (float(np.median([np.median(times[i]) for times, _ in runs])) for i in range(3))
+            table.append([name, " + ".join(losses), dim, f"{naive:.1f}", f"{ours:.2f}", f"{floor:.2f}",
+                          f"{ours / floor:.2f}", f"{naive / ours:.1f}x", runs[0][1]])
             print(table[-1], flush=True)
-            if name == "O2CAP":
-                ours_o2cap[dim] = ours_min
-    headers = ["row", "losses", "d", "per-image head, ms/step: min (median)", "ours, ms/step: min (median)",
-               "speed-up (min)"]
+    headers = ["row", "losses", "d", "per-image head (ms/step)", "ours (ms/step)", "floor (ms)", "ours / floor",
+               "speed-up vs per-image", "ATen ops per step (ours)"]
     text = tabulate(table, headers=headers, tablefmt="github")
     print(text)
     title = "# O2CAP head: time per training step\n\n" + READING + "\n"
-    header = (f"## {args.clock} time, {args.threads} thread(s)\n\n"
-              f"`python benchmarks/o2cap_head.py --steps {args.steps} --threads {args.threads} --clock {args.clock}`: "
-              f"{args.clock} time of the forward, backward and memory update of the loss head, min and median "
-              f"over {args.steps} steps; batch {BATCH} (8 proxies x 4), Z = {NUM_PROXIES} proxies over {NUM_CAMS} "
-              f"cameras, K1 = 50, K2 = 3, float32, torch {torch.__version__}, "
-              f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}; 1-minute load "
-              f"average {load:.1f} at the start (other processes share the 2 cores).\n\n")
-    reference = ""
-    if args.clock == "wall":
-        reference = ("\nAgainst the authors' head (issue 4: ~{:.0f} ms at d = 2048, ~{:.0f} ms at d = 128 on "
-                     "this CPU), the O2CAP row is {:.0f}x and {:.0f}x faster.\n").format(
-            AUTHORS_MS[2048], AUTHORS_MS[128], AUTHORS_MS[2048] / ours_o2cap[2048],
-            AUTHORS_MS[128] / ours_o2cap[128])
-    print(reference)
+    rows = " ".join(args.rows)
+    header = (f"## {args.label + ': ' if args.label else ''}{args.clock} time, {args.threads} thread(s)\n\n"
+              f"`python benchmarks/o2cap_head.py --steps {args.steps} --repeats {args.repeats} --threads "
+              f"{args.threads} --clock {args.clock} --rows {rows}`: {args.clock} time of the forward, backward and "
+              f"memory update of the loss head, the median over {args.steps} steps, then the median over "
+              f"{args.repeats} measurement(s); batch {BATCH} (8 proxies x 4), Z = {NUM_PROXIES} proxies over "
+              f"{NUM_CAMS} cameras, K1 = 50, K2 = 3, float32, torch {torch.__version__}, "
+              f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d %H:%M')}; 1-minute load "
+              f"average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after (other processes share the "
+              f"{os.cpu_count()} cores).\n\n")
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "a" if args.append else "w") as f:
-        f.write(("\n" if args.append else title) + header + text + "\n" + reference)
+        f.write(("\n" if args.append else title) + header + text + "\n")
 
 
 if __name__ == "__main__":

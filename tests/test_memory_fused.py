@@ -9,7 +9,7 @@ from dcmip.memory.o2cap.functional import (ProxySet, balanced_similarity, contra
                                            hard_negative_candidates, memory_scores, top_columns)
 from dcmip.memory.o2cap.head import CameraAwareProxyMemory
 from naive_o2cap import NaiveO2CAPHead, naive_multi_positive
-from test_o2cap import batch_of, make_cfg, make_pseudo, random_steps
+from test_o2cap import _RecordOps, batch_of, make_cfg, make_pseudo, random_steps
 
 
 # ---- top_columns ------------------------------------------------------------------------------
@@ -123,3 +123,23 @@ def test_head_with_distinct_counts_matches_the_per_image_head(losses, negatives,
         head.update(features, batch)
         naive.update(features, batch["clusters"], batch["proxies"])
         torch.testing.assert_close(head.proxy_memory, naive.proxy_memory, atol=1e-12, rtol=0)
+
+
+def test_the_per_distinct_proxy_step_has_no_host_sync():
+    """The distinct-proxy path (sort, cumsum, scatter into a host-sized block) and the sparse
+    backward dispatch no op that reads a value back or has a data-dependent shape."""
+    pseudo = make_pseudo()
+    head = CameraAwareProxyMemory(make_cfg(("offline", "online", "merge")))
+    head.reset(pseudo)
+    rows, features = random_steps(pseudo, 1)[0]
+    batch = batch_of(pseudo, rows)
+    batch["distinct"] = {"proxies": 8}
+    f = features.clone().requires_grad_()
+    with _RecordOps() as recorder:
+        sum(head(f, batch).values()).backward()
+        head.update(f.detach(), batch)
+    forbidden = {"aten._local_scalar_dense", "aten.nonzero", "aten._unique2", "aten.unique_dim",
+                 "aten.unique_consecutive", "aten.masked_select", "aten.bincount", "aten.repeat_interleave",
+                 "bool-mask index"}
+    assert not forbidden & set(recorder.ops)
+    assert {"aten.scatter_", "aten._embedding_bag_forward_only"} <= set(recorder.ops)  # the paths ran
