@@ -170,7 +170,8 @@ def test_checkpoint_metadata_names_the_members():
     ({"MEMBERS": ("CompositeMemory", DCMIP)}, "cannot be a member"),
     ({"MEMBERS": (DCMIP, DCMIP)}, "DiscrepantProxyMemory listed twice"),
     ({"MEMBERS": (DCMIP, O2CAP), "WEIGHTS": (1.0,)}, "UNSUP.MEMORY.WEIGHTS (1.0,): give one value per member"),
-    ({"MEMBERS": (DCMIP, O2CAP), "MEMBER_TEMPS": (0.05, 0.0)}, "MEMBER_TEMPS (0.05, 0.0): every value must be a number > 0"),
+    ({"MEMBERS": (DCMIP, O2CAP), "MEMBER_TEMPS": (0.05, 0.0)},
+     "MEMBER_TEMPS (0.05, 0.0): every value must be a number > 0"),
     ({"MEMBERS": (DCMIP, O2CAP), "MEMBER_MOMENTA": (0.1, 1.5)}, "in [0, 1]"),
     ({"MEMBERS": (DCMIP, O2CAP), "WEIGHTS": (1.0, -1.0)}, ">= 0"),
 ])

@@ -66,7 +66,8 @@ def main():
              f"{len(items)} images, at most {args.per_id_camera} per identity and camera) of {folder}, "
              f"features of {args.config_file} without MODEL.WEIGHTS (ImageNet). "
              f"{datetime.date.today()}, `tools/camera_shift.py --per-id-camera {args.per_id_camera}`.", "",
-             "| cameras | shared train ids | gap (within - cross cos) | cross-camera mAP | domain (1 - cos of means) | colour (TV of mean hist) |",
+             "| cameras | shared train ids | gap (within - cross cos) | cross-camera mAP "
+             "| domain (1 - cos of means) | colour (TV of mean hist) |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         a, b = r["cameras"]
