@@ -139,7 +139,7 @@ def test_hook_nan_or_inf_features_name_epoch_and_network(monkeypatch, network):
     monkeypatch.setattr(hooks_module, "extract_features",
                         lambda cfg, model, items, desc: _nan_features() if model is (teacher or student)
                         else torch.randn(10, 16))
-    monkeypatch.setattr(hooks_module, "cluster_features", lambda *a, **k: clustered.append(1))
+    monkeypatch.setattr(hooks_module, "cluster_features_distributed", lambda *a, **k: clustered.append(1))
     hook.trainer = types.SimpleNamespace(epoch=7, unwrapped_model=student, teacher_for_epoch=lambda: teacher)
     with pytest.raises(ClusteringError, match=rf"epoch 7: the {network} produced NaN or infinite features "
                                               r"for 3 of 10 train images.*SOLVER.BASE_LR"):

@@ -9,6 +9,8 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from dcmip.structures import PseudoLabels
+
 WORLD = 2
 STEPS = 3
 GLOBAL_BATCH = 8
@@ -20,7 +22,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _cfg(memory_name):
+def _cfg(memory_name, *extra):
     import dcmip  # noqa: F401
     from dcmip.config import add_dcmip_config
     from fastreid.config import get_cfg
@@ -32,8 +34,66 @@ def _cfg(memory_name):
                          "MODEL.BACKBONE.FEAT_DIM", "1280", "MODEL.BACKBONE.PRETRAIN", "False",
                          "MODEL.HEADS.NAME", "UnsupEmbeddingHead", "MODEL.HEADS.WITH_BNNECK", "True",
                          "MODEL.HEADS.NECK_FEAT", "after", "UNSUP.MEMORY.NAME", memory_name,
-                         "SOLVER.OPT", "Adam", "SOLVER.BASE_LR", "0.001"])
+                         # SGD: Adam's first steps are ~lr * sign(gradient), which turns the
+                         # float summation order of near-zero gradients into lr-sized differences.
+                         "SOLVER.OPT", "SGD", "SOLVER.BASE_LR", "1e-4", "SOLVER.MOMENTUM", "0.9", *extra])
     return cfg
+
+
+def _pseudo_and_batches(memory_name):
+    """The epoch's pseudo labels and STEPS global batches; every rank draws the same global
+    batch and keeps its contiguous slice (dcmip.sampling)."""
+    g = torch.Generator().manual_seed(1)
+    n, d = 24, 1280
+    clusters = torch.arange(n) % 4
+    cams = (torch.arange(n) // 4) % 3
+    proxies = clusters * 3 + cams
+    _, proxies = torch.unique(proxies, return_inverse=True)
+    # DCMIP: teacher features make the head build its multi-instance memory (stage 2).
+    teacher = F.normalize(torch.randn(n, d, generator=g), dim=1) if memory_name == "DiscrepantProxyMemory" else None
+    pseudo = PseudoLabels(features=F.normalize(torch.randn(n, d, generator=g), dim=1), clusters=clusters,
+                          cams=cams, proxies=proxies, indices=torch.arange(n), teacher_features=teacher)
+    batches = []
+    for _ in range(STEPS):
+        rows = torch.randint(0, n, (GLOBAL_BATCH,), generator=g)
+        images = torch.rand(GLOBAL_BATCH, 3, 64, 32, generator=g) * 255
+        batches.append((rows, {"images": images, "clusters": clusters[rows], "proxies": proxies[rows],
+                               "camids": cams[rows], "index": rows,
+                               "multiplicity": {"clusters": GLOBAL_BATCH, "proxies": GLOBAL_BATCH}}))
+    return pseudo, batches
+
+
+def _single_process_params(memory_name):
+    """Parameters after every step of one process training on the global batches, with
+    BatchNorm statistics per rank-sized group."""
+    cfg = _cfg(memory_name, "UNSUP.BN_GROUP_SIZE", str(GLOBAL_BATCH // WORLD))
+    # One thread, as in the workers: this random-init model on 4-image BatchNorm groups turns
+    # the convolutions' summation order (it depends on the thread count) into 1e-4 differences.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_single_process(cfg, memory_name)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_single_process(cfg, memory_name):
+    from dcmip.engine.trainer import UnsupervisedTrainer
+
+    torch.manual_seed(0)
+    model = UnsupervisedTrainer.build_model(cfg)
+    optimizer, _ = UnsupervisedTrainer.build_optimizer(cfg, model)
+    pseudo, batches = _pseudo_and_batches(memory_name)
+    model.memory.reset(pseudo)
+    params = []
+    for _, batch in batches[:1]:
+        losses = model(batch)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        model.update_memory()
+        params.append([p.detach().clone() for p in model.parameters()])
+    return params
 
 
 def _worker(rank, port, memory_name, out_dir):
@@ -45,36 +105,20 @@ def _worker(rank, port, memory_name, out_dir):
     from torch.nn.parallel import DistributedDataParallel
 
     from dcmip.engine.trainer import UnsupervisedTrainer
-    from dcmip.structures import PseudoLabels
 
     comm._LOCAL_PROCESS_GROUP = dist.new_group([0, 1])
     cfg = _cfg(memory_name)
     torch.manual_seed(0)  # same initial parameters on every rank
     model = UnsupervisedTrainer.build_model(cfg)
     optimizer, _ = UnsupervisedTrainer.build_optimizer(cfg, model)
-    g = torch.Generator().manual_seed(1)
-    n, d = 24, 1280
-    clusters = torch.arange(n) % 4
-    cams = (torch.arange(n) // 4) % 3
-    proxies = clusters * 3 + cams
-    _, proxies = torch.unique(proxies, return_inverse=True)
-    # DCMIP: teacher features make the head build its multi-instance memory (stage 2).
-    teacher = F.normalize(torch.randn(n, d, generator=g), dim=1) if memory_name == "DiscrepantProxyMemory" else None
-    pseudo = PseudoLabels(features=F.normalize(torch.randn(n, d, generator=g), dim=1), clusters=clusters,
-                          cams=cams, proxies=proxies, indices=torch.arange(n), teacher_features=teacher)
+    pseudo, batches = _pseudo_and_batches(memory_name)
     model.memory.reset(pseudo)
     ddp = DistributedDataParallel(model, broadcast_buffers=False)
     local = GLOBAL_BATCH // WORLD
     history = []
-    for step in range(STEPS):
-        # Every rank draws the same global batch and keeps its contiguous slice (dcmip.sampling).
-        rows = torch.randint(0, n, (GLOBAL_BATCH,), generator=g)
-        images = torch.rand(GLOBAL_BATCH, 3, 64, 32, generator=g) * 255
+    for rows, batch in batches:
         sl = slice(rank * local, (rank + 1) * local)
-        batch = {"images": images[sl], "clusters": clusters[rows][sl], "proxies": proxies[rows][sl],
-                 "camids": cams[rows][sl], "index": rows[sl],
-                 "multiplicity": {"clusters": GLOBAL_BATCH, "proxies": GLOBAL_BATCH}}
-        losses = ddp(batch)
+        losses = ddp({k: v[sl] if torch.is_tensor(v) else v for k, v in batch.items()})
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
@@ -101,6 +145,13 @@ def test_ranks_stay_identical_and_match_single_process_updates(tmp_path, memory_
             if name.startswith("statistic"):  # per-rank association statistics, not memory
                 continue
             torch.testing.assert_close(a["memory"][name], b["memory"][name], atol=0, rtol=0)
+
+    # The same step as one process on the global batch: DDP's averaged gradient is the whole
+    # batch's (O2CAP's per-camera mean uses the global camera counts). The first step only:
+    # with this random-init model (gradients ~100) the two summation orders' 1e-8 differences
+    # flip later hard-negative choices, and the runs drift apart (~5e-4 at step 2).
+    for p_ddp, p_one in zip(ranks[0][0]["params"], _single_process_params(memory_name)[0]):
+        torch.testing.assert_close(p_ddp, p_one, atol=1e-6, rtol=1e-5)
 
     # The update of the cluster memory equals the single-process sequential update of the
     # global batch (rank 0's slice, then rank 1's).

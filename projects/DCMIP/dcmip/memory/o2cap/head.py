@@ -13,13 +13,14 @@ cluster labels. The losses are the pure functions of :mod:`dcmip.memory.o2cap.fu
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
+import torch.distributed as dist
 
 from ...structures import PseudoLabels
 from ..base import MEMORY_HEAD_REGISTRY, MemoryHead
 from .functional import (ASSOCIATION_STATISTICS, ProxySet, association_statistics, balanced_query,
                          balanced_similarity, base2_loss, base_loss, contrastive_terms, distinct_proxy_queries,
                          group_table, hard_negative_candidates, intra_loss, memory_scores, merged_positives,
-                         offline_positives, online_positives, per_camera_mean)
+                         offline_positives, online_positives, per_camera_mean, camera_counts)
 from ..updates import normalized_centroids, sequential_momentum_update_
 
 PROXY_LOSSES = ("offline", "online", "merge", "intra")
@@ -192,8 +193,25 @@ class CameraAwareProxyMemory(MemoryHead):
             if "base2" in self.losses:
                 losses["loss_base2"] = base2_loss(cluster_scores, clusters, self.k1)
         plain_mean = {"loss_base", "loss_base2"} if self.baseline_reduction == "mean" else set()
-        return {name: value.mean() if name in plain_mean else per_camera_mean(value, cams, self.num_cams)
+        counts, world_size = self._batch_camera_counts(cams)
+        return {name: value.mean() if name in plain_mean
+                else world_size * per_camera_mean(value, cams, self.num_cams, counts)
                 for name, value in losses.items()}
+
+    def _batch_camera_counts(self, cams: torch.Tensor):
+        """Images per camera of the global batch, and the number of processes sharing it.
+
+        Under DDP each process holds a slice of the batch and DDP averages the processes'
+        gradients. A plain mean survives that; the per-camera mean does not (a slice's camera
+        counts are not the batch's). So the counts are summed over the processes and each
+        process's loss is scaled by the world size: the averaged gradient is then the
+        single-process gradient of the whole batch, for any number of processes.
+        """
+        counts = camera_counts(cams, self.num_cams)
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return counts, 1
+        dist.all_reduce(counts)  # an asynchronous device op under NCCL: no host sync
+        return counts, dist.get_world_size()
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, batch: Dict) -> None:
