@@ -571,7 +571,7 @@ def test_table_ii_rows_are_configs(row):
 
 
 @pytest.mark.parametrize("name,dataset,k2", [("market", "Market1501", 3), ("dukemtmc", "DukeMTMC", 2),
-                                             ("msmt17", "MSMT17", 3), ("veri", "VeRi", 8)])
+                                             ("msmt17", "MSMT17TrainVal", 3), ("veri", "VeRi", 8)])
 def test_dataset_configs(name, dataset, k2):
     for suffix in ("", "_ibn_gem"):
         cfg = load(os.path.join(CONFIGS, f"{name}{suffix}.yml"))
