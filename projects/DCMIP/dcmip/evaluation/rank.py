@@ -12,8 +12,8 @@ only needs the ranks of a query's true matches, though:
 
   - CMC: ``cmc[k] = 1`` when ``r_1 <= k + 1``, averaged over the valid queries;
   - AP  = ``(1 / n) * sum_j j / r_j``            (fastreid's ``tmp_cmc`` sum);
-  - INP = ``n / r_n``                           (Ye et al., "Deep Learning for Person Re-id:
-    A Survey and Outlook", Eq. 7; fastreid's ``cmc[max_pos_idx] / (max_pos_idx + 1)``).
+  - INP = ``n / r_n``, the inverse negative penalty of Ye et al., "Deep Learning for Person
+    Re-identification: A Survey and Outlook" (fastreid's ``cmc[max_pos_idx] / (max_pos_idx + 1)``).
 
 So per block of queries we compute the distances (float32, exactly fastreid's ``build_dist``
 formula), take as threshold the distance of the query's farthest match, and only order the
