@@ -24,7 +24,7 @@ from fastreid.utils.logger import setup_logger
 from ..compat import tensorboard_available
 from ..data.checks import check_images
 from ..evaluation.evaluator import BlockedReidEvaluator, check_evaluator_config
-from ..modeling.batch_norm import convert_group_batchnorm
+from ..modeling.batch_norm import broadcast_buffers_, convert_group_batchnorm
 from ..registry import TrainingStopped, lookup
 from .checkpoint import AtomicCheckpointer, checkpoint_metadata
 from .events import EpochJSONWriter, EpochMetricPrinter, EpochTensorboardWriter
@@ -245,9 +245,20 @@ class UnsupervisedTrainer(DefaultTrainer):
         TrainerBase.train(self, self.start_epoch, self.max_epoch, self.iters_per_epoch)
         return getattr(self, "_last_eval_results", None) if comm.is_main_process() else None
 
+    def before_epoch(self):
+        self._sync_student_buffers()  # the epoch-start features come next
+        super().before_epoch()
+
     def evaluate(self):
+        self._sync_student_buffers()
         self._last_eval_results = self.test(self.cfg, self.unwrapped_model)
         return self._last_eval_results
+
+    def _sync_student_buffers(self):
+        """Before the student runs in eval mode, every rank takes rank 0's BatchNorm running
+        statistics, so every shard is embedded by the same model (a no-op in one process)."""
+        for part in (self.unwrapped_model.backbone, self.unwrapped_model.heads):
+            broadcast_buffers_(part)
 
     def resume_or_load(self, resume=True):
         checkpoint = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)

@@ -29,6 +29,7 @@ import torch
 
 from fastreid.utils import comm
 
+from ..modeling.batch_norm import broadcast_buffers_
 from ..modeling.ema import ema_update_, teacher_forward_
 from .selection import check_select_metric, selection_value
 from .trainer import UnsupervisedTrainer
@@ -74,12 +75,8 @@ class TwoStageTrainer(UnsupervisedTrainer):
 
     def _sync_teacher_buffers(self):
         """Every rank's teacher takes rank 0's buffers (see the module docstring)."""
-        if comm.get_world_size() > 1:
-            import torch.distributed as dist
-
-            for part in (self.teacher.backbone, self.teacher.heads):
-                for buffer in part.buffers():
-                    dist.broadcast(buffer, 0)
+        for part in (self.teacher.backbone, self.teacher.heads):
+            broadcast_buffers_(part)
 
     def before_epoch(self):
         if self.epoch == self.stage1_epochs and self.epoch > 0:

@@ -106,3 +106,22 @@ def check_group_size(group_size: int, batch: int, world_size: int) -> None:
         raise ValueError(f"UNSUP.BN_GROUP_SIZE {group_size}: must be 0 (the whole batch) or divide the "
                          f"{local} images each of the {world_size} processes trains on "
                          f"(SOLVER.IMS_PER_BATCH {batch}).{span}")
+
+
+@torch.no_grad()
+def broadcast_buffers_(module: nn.Module, src: int = 0) -> None:
+    """Every process's ``module`` takes process ``src``'s buffers (BatchNorm running
+    statistics); a no-op in a single process.
+
+    In training every process's BatchNorm updates its running statistics from its own share of
+    the batch, and DDP (``broadcast_buffers=False``) leaves them apart. The model in eval mode
+    (epoch-start features, evaluation) must be the same on every process: rank 0 holds the
+    statistics of the first images of the global batch, the ones the authors' DataParallel
+    keeps (and the single-process run with ``UNSUP.BN_GROUP_SIZE`` = the per-process batch).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src)
