@@ -221,6 +221,7 @@ class _ScoresAndQueries(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, queries, memory):
         ctx.save_for_backward(memory)
+        ctx.features_dtype = features.dtype
         products = torch.cat([features, queries]) @ memory.t()
         similarities = products[len(features):]
         ctx.mark_non_differentiable(similarities)
@@ -229,7 +230,9 @@ class _ScoresAndQueries(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_scores, grad_queries):
         memory, = ctx.saved_tensors
-        return grad_scores @ memory, None, None
+        # Under autocast the forward product (hence its gradient) is half precision, and a
+        # custom backward runs outside autocast: bring the gradient to the memory's dtype.
+        return (grad_scores.to(memory.dtype) @ memory).to(ctx.features_dtype), None, None
 
 
 class _GatheredScores(torch.autograd.Function):
