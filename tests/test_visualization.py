@@ -141,3 +141,48 @@ def test_curves_image(tmp_path):
     image = plot_curves(read_metrics(str(tmp_path / "metrics.json")), 4, title="tiny")
     assert image.size == (1500, 900) and image.mode == "RGB"
     assert len(np.unique(np.asarray(image).reshape(-1, 3), axis=0)) > 20  # lines and text were drawn
+
+
+def test_without_matplotlib_the_curves_are_one_log_line(tmp_path, monkeypatch, caplog):
+    import importlib.util
+    import logging
+    from types import SimpleNamespace
+
+    from dcmip.engine.visualization import CurvesHook
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else
+                        find_spec(name, *a))
+    write_metrics(tmp_path / "metrics.json")
+    cfg = SimpleNamespace(OUTPUT_DIR=str(tmp_path))
+    hook = CurvesHook(cfg)
+    hook.trainer = SimpleNamespace(iter=8, max_iter=8)
+    with caplog.at_level(logging.INFO, logger="dcmip.engine.visualization"):
+        hook.after_train()
+    assert [r.getMessage() for r in caplog.records] == [
+        "curves.png not drawn: matplotlib is not installed (pip install matplotlib, or the extra: "
+        "pip install -e '.[plots]')"]
+    assert not (tmp_path / "curves.png").exists()
+
+
+def test_without_tensorboard_the_writers_are_console_and_json(tmp_path, monkeypatch, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    import dcmip.engine.trainer as trainer_module
+    from dcmip.engine.events import EpochJSONWriter, EpochMetricPrinter, EpochTensorboardWriter
+
+    fake = SimpleNamespace(max_iter=8, cfg=SimpleNamespace(OUTPUT_DIR=str(tmp_path)))
+    monkeypatch.setattr(trainer_module, "tensorboard_available", lambda: False)
+    with caplog.at_level(logging.INFO, logger="dcmip.engine.trainer"):
+        writers = trainer_module.UnsupervisedTrainer.build_writers(fake)
+    assert [type(w) for w in writers] == [EpochMetricPrinter, EpochJSONWriter]
+    assert "tensorboard is not installed" in caplog.text
+    for w in writers:
+        w.close()
+    pytest.importorskip("tensorboard")
+    monkeypatch.setattr(trainer_module, "tensorboard_available", lambda: True)
+    writers = trainer_module.UnsupervisedTrainer.build_writers(fake)
+    assert [type(w) for w in writers] == [EpochMetricPrinter, EpochJSONWriter, EpochTensorboardWriter]
+    for w in writers:
+        w.close()
