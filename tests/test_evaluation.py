@@ -22,6 +22,7 @@ from fastreid.evaluation import ReidEvaluator
 from fastreid.evaluation import rank as fastreid_rank
 from fastreid.utils import comm
 from fastreid.utils.compute_dist import build_dist
+from test_train_e2e import workspace  # noqa: F401  (the fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-6
@@ -216,9 +217,23 @@ def test_short_gallery_and_bad_input():
 
 # ---- the evaluator ------------------------------------------------------------------------------
 
-def demo_cfg(*opts):
+@pytest.fixture
+def demo(workspace, monkeypatch):  # noqa: F811
+    """The tiny demo dataset of the e2e tests as fastreid's dataset root (a fresh clone has no
+    datasets/demo-market), and the ImageNet MobileNetV2 weights prepared for it."""
+    import fastreid.data.build as data_build
+
+    root, weights = workspace
+    monkeypatch.setattr(data_build, "_root", str(root / "datasets"))
+    return weights
+
+
+def demo_cfg(*opts, weights=None):
+    """The demo CPU config for evaluation; without ``weights`` the backbone starts at random
+    (nothing is read from weights/, which a fresh clone does not have)."""
+    backbone = ("MODEL.BACKBONE.PRETRAIN_PATH", weights) if weights else ("MODEL.BACKBONE.PRETRAIN", "False")
     cfg = load_cfg(Namespace(config_file=os.path.join(ROOT, "configs", "O2CAP", "demo_cpu.yml"),
-                             opts=list(opts), eval_only=True))
+                             opts=[*backbone, *opts], eval_only=True))
     return cfg
 
 
@@ -236,7 +251,7 @@ def test_unsupported_options_are_refused(key):
         check_evaluator_config(demo_cfg("TEST.METRIC", "jaccard"))
 
 
-def test_trainer_builds_the_blocked_evaluator_unless_told_otherwise():
+def test_trainer_builds_the_blocked_evaluator_unless_told_otherwise(demo):
     _, evaluator = UnsupervisedTrainer.build_evaluator(demo_cfg(), "DemoMarket")
     assert isinstance(evaluator, BlockedReidEvaluator)
     _, evaluator = UnsupervisedTrainer.build_evaluator(demo_cfg("UNSUP.EVALUATOR", "fastreid"), "DemoMarket")
@@ -255,10 +270,10 @@ def assert_same_results(ours, theirs):
         assert abs(ours[key] - float(theirs[key])) <= 100 * TOL, key
 
 
-def test_demo_evaluation_equals_fastreids(monkeypatch):
+def test_demo_evaluation_equals_fastreids(demo, monkeypatch):
     """DefaultTrainer.test (what training and --eval-only run) on the demo data with the
     ImageNet MobileNetV2: our results equal fastreid's ReidEvaluator's on the same features."""
-    cfg = demo_cfg("INPUT.SIZE_TEST", "[64, 32]")  # a quarter of the pixels: a faster test
+    cfg = demo_cfg("INPUT.SIZE_TEST", "[64, 32]", weights=demo)  # a quarter of the pixels: a faster test
     built = []
     build = UnsupervisedTrainer.build_evaluator.__func__
 
