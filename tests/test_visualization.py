@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dcmip.engine.hooks import clusters_spanning_cameras
+from dcmip.clustering import camera_aware_proxies
+from dcmip.structures import PseudoLabels
 from dcmip.visualization import cluster_montage, montage_rows, plot_curves, read_metrics
 from dcmip.visualization.curves import series
 from dcmip.visualization.montage import MARGIN, ROW_H, allocate, fit_text, row_capacity
@@ -101,14 +102,22 @@ def test_camera_labels_shorten_to_fit():
     assert cut.endswith("..") and "entrance".startswith(cut[:-2]) and draw.textlength(cut, font=font) <= 30
 
 
+def clusters_spanning_cameras(clusters: np.ndarray, cams: np.ndarray) -> int:
+    """PseudoLabels.num_multi_camera_clusters of these labels (proxies as the clustering hook
+    makes them)."""
+    pseudo = PseudoLabels(features=torch.zeros(len(clusters), 2), clusters=torch.as_tensor(clusters),
+                          cams=torch.as_tensor(cams), proxies=torch.as_tensor(camera_aware_proxies(clusters, cams)),
+                          indices=torch.arange(len(clusters)))
+    return pseudo.num_multi_camera_clusters
+
+
 def test_clusters_spanning_cameras_matches_a_naive_count():
     rng = np.random.default_rng(0)
     clusters, cams = rng.integers(0, 20, 300), rng.integers(0, 3, 300)
     clusters[clusters == 7] = 5  # cluster 7 empty, 5 large
     naive = sum(len(set(cams[clusters == c])) > 1 for c in set(clusters.tolist()))
-    assert clusters_spanning_cameras(torch.as_tensor(clusters), torch.as_tensor(cams)) == naive
-    one_camera = torch.zeros(300, dtype=torch.long)
-    assert clusters_spanning_cameras(torch.as_tensor(clusters), one_camera) == 0
+    assert clusters_spanning_cameras(clusters, cams) == naive
+    assert clusters_spanning_cameras(clusters, np.zeros(300, dtype=np.int64)) == 0
 
 
 def write_metrics(path):

@@ -40,6 +40,13 @@ class PseudoLabels:
     def num_proxies(self) -> int:
         return int(self.proxies.max()) + 1 if self.proxies.numel() else 0
 
+    @property
+    def num_multi_camera_clusters(self) -> int:
+        """Clusters whose images come from more than one camera (more than one camera-aware
+        proxy): the cross-camera matches unsupervised re-ID is after (a cluster of one camera
+        may be one scene, not one person)."""
+        return int((torch.bincount(self.proxy_to_cluster(), minlength=self.num_clusters) > 1).sum())
+
     def proxy_to_cluster(self) -> torch.Tensor:
         """(Z,) cluster of every proxy."""
         out = torch.empty(self.num_proxies, dtype=torch.long, device=self.proxies.device)

@@ -36,14 +36,6 @@ def check_finite(epoch: int, features: torch.Tensor, network: str) -> None:
             f"SOLVER.BASE_LR, or resume from an earlier checkpoint (--resume restarts from model_last).")
 
 
-def clusters_spanning_cameras(clusters: torch.Tensor, cams: torch.Tensor) -> int:
-    """Clusters whose images come from more than one camera: the cross-camera matches that
-    unsupervised re-ID is after (a cluster of one camera may be one scene, not one person)."""
-    num_cams = int(cams.max()) + 1
-    pairs = torch.unique(clusters * num_cams + cams)  # one per (cluster, camera) with images
-    return int((torch.bincount(pairs // num_cams) > 1).sum())
-
-
 class ClusteringHook(HookBase):
     """Before every epoch (METHODS §1): extract the train features, cluster them (Jaccard +
     DBSCAN), drop the outliers, rebuild the memory and the train loader, log the statistics.
@@ -155,7 +147,7 @@ class ClusteringHook(HookBase):
         p = self.pseudo
         stats = {
             "clusters": p.num_clusters,
-            "clusters_multi_camera": clusters_spanning_cameras(p.clusters, p.cams),
+            "clusters_multi_camera": p.num_multi_camera_clusters,
             "proxies": p.num_proxies,
             "proxies_per_cluster": p.num_proxies / p.num_clusters,
             "outliers": int((labels < 0).sum()),
