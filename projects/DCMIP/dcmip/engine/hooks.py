@@ -50,8 +50,9 @@ class ClusteringHook(HookBase):
         self.cfg = cfg
         self.items = train_items
         self.paths = [it[0] for it in train_items]
-        cam_values = sorted({it[2] for it in train_items})
-        cam_index = {c: i for i, c in enumerate(cam_values)}
+        # Camera id i is the i-th of the sorted camera values (e.g. "demomarket_3").
+        self.camera_values = sorted({it[2] for it in train_items})
+        cam_index = {c: i for i, c in enumerate(self.camera_values)}
         self.cams = torch.tensor([cam_index[it[2]] for it in train_items])
         pid_values = sorted({it[1] for it in train_items}, key=str)
         pid_index = {p: i for i, p in enumerate(pid_values)}

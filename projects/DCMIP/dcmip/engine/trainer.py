@@ -218,7 +218,7 @@ class UnsupervisedTrainer(DefaultTrainer):
             ClusteringHook(cfg, self.train_items, label_stats=train_has_identities(cfg)),
         ]
         if cfg.UNSUP.VIS.MONTAGE and comm.is_main_process():
-            ret.append(MontageHook(cfg, ret[-1], self.train_items, tensorboard_available()))
+            ret.append(MontageHook(cfg, ret[-1], tensorboard_available()))
         if cfg.DATASETS.TESTS:
             ret.append(EpochEvalHook(cfg.TEST.EVAL_PERIOD, self.evaluate, check_select_metric(cfg)))
         elif comm.is_main_process():

@@ -13,21 +13,16 @@ from .hooks import ClusteringHook
 logger = logging.getLogger(__name__)
 
 
-def camera_names(train_items):
-    """Display name of every camera id of :class:`ClusteringHook` (ids index the sorted camera
-    values of the train items, e.g. ``demomarket_3``): the value without its dataset prefix."""
-    return [str(c).rsplit("_", 1)[-1] for c in sorted({it[2] for it in train_items})]
-
-
 class MontageHook(HookBase):
     """UNSUP.VIS.MONTAGE: after each epoch's clustering (registered right after the
     :class:`ClusteringHook` it reads), ``OUTPUT_DIR/montages/epoch_<e>.png`` and, when
     ``to_tensorboard``, the same picture as the TensorBoard image ``montage``."""
 
-    def __init__(self, cfg, clustering: ClusteringHook, train_items, to_tensorboard: bool):
+    def __init__(self, cfg, clustering: ClusteringHook, to_tensorboard: bool):
         self.cfg = cfg
         self.clustering = clustering
-        self.camera_names = camera_names(train_items)
+        # The display name of each camera id: its value without the dataset prefix.
+        self.camera_names = [str(c).rsplit("_", 1)[-1] for c in clustering.camera_values]
         self.to_tensorboard = to_tensorboard
         self.folder = os.path.join(cfg.OUTPUT_DIR, "montages")
 
