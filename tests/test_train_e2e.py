@@ -53,6 +53,12 @@ def test_train_then_eval_only_on_the_written_checkpoint(workspace):
     assert sum("cluster/clusters" in r for r in records) == 2
     assert sum("mAP" in r for r in records) == 2
     assert sum("Rank-1" in r and "Rank-10" in r for r in records) == 2
+    # The epoch profile (docs/benchmarks/epoch.md): every phase of every epoch, logged and kept.
+    assert "epoch 0 time:" in log and "epoch 1 time:" in log
+    phases = ("features", "knn", "jaccard", "dbscan", "train", "evaluation", "checkpoint")
+    for phase in phases:
+        assert sum(f"time/{phase}" in r for r in records) == 2, phase
+        assert all(r[f"time/{phase}"] >= 0 for r in records if f"time/{phase}" in r), phase
 
     ev = run(["--config-file", CONFIG, "--eval-only", "MODEL.WEIGHTS", str(root / "out" / "model_final.pth"),
               "OUTPUT_DIR", str(root / "eval"), "DATALOADER.NUM_WORKERS", "0"], root)

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from .knn import KNN_METHODS, _check_features, knn as knn_search
+from ..timing import timed
 
 __all__ = ["jaccard_distance", "half_k"]
 
@@ -93,7 +94,8 @@ def jaccard_distance(features: ArrayLike, k1: int = 20, k2: int = 6, *, knn: str
         raise ValueError(f"unknown kNN method {knn!r}; choose one of {KNN_METHODS}")
     x = torch.nn.functional.normalize(torch.as_tensor(features).detach().float(), dim=1)
     if initial_rank is None:
-        rank = knn_search(x, k1, knn)
+        with timed("knn"):
+            rank = knn_search(x, k1, knn)
     else:
         rank = _check_initial_rank(initial_rank, n, k1)
     x = x.cpu()

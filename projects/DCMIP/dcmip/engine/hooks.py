@@ -15,6 +15,7 @@ from ..data.transforms import build_train_transforms
 from ..registry import TrainingStopped
 from ..sampling import build_sampler
 from ..structures import PseudoLabels
+from ..timing import record
 from .features import extract_features
 from .schedule import lr_factor
 
@@ -85,6 +86,7 @@ class ClusteringHook(HookBase):
         self.labels = labels  # every train image's, -1 for outliers (read by the montage)
         model.memory.reset(self.pseudo)
         trainer.set_data_loader(self._loader(epoch))
+        record("features", extract_time)
         self._log(epoch, labels, extract_time, cluster_time)
 
     def after_epoch(self):

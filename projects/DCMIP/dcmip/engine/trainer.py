@@ -27,8 +27,10 @@ from ..evaluation.evaluator import BlockedReidEvaluator, check_evaluator_config
 from ..modeling.batch_norm import broadcast_buffers_, convert_group_batchnorm
 from ..registry import TrainingStopped, lookup
 from .checkpoint import AtomicCheckpointer, checkpoint_metadata
+from ..timing import timed
 from .events import EpochJSONWriter, EpochMetricPrinter, EpochTensorboardWriter
 from .hooks import ClusteringHook, StageLRScheduler
+from .profile import EpochProfileHook
 from .selection import check_select_metric, selection_value
 from .visualization import CurvesHook, MontageHook
 
@@ -225,6 +227,7 @@ class UnsupervisedTrainer(DefaultTrainer):
             logger.info("no test set (DATASETS.TESTS is empty): no evaluation, no model_best; "
                         "use model_final.pth (model_last.pth while training)")
         ret.append(EpochCheckpointer(cfg.SOLVER.CHECKPOINT_PERIOD))
+        ret.append(EpochProfileHook())  # after the timed hooks, before the writers
         if comm.is_main_process():
             ret.append(hooks.PeriodicWriter(self.build_writers(), 20))
             ret.append(CurvesHook(cfg))
@@ -291,7 +294,8 @@ class EpochEvalHook(HookBase):
     def after_epoch(self):
         epoch = self.trainer.epoch
         if (self.period > 0 and (epoch + 1) % self.period == 0) or epoch + 1 == self.trainer.max_epoch:
-            results = self.evaluate()
+            with timed("evaluation"):
+                results = self.evaluate()
             # fastreid's evaluator returns the metrics on the main process only.
             if comm.is_main_process():
                 value = selection_value(results, self.select_metric)
@@ -314,8 +318,10 @@ class EpochCheckpointer(HookBase):
         self.period = period
 
     def after_epoch(self):
-        trainer = self.trainer
-        epoch = trainer.epoch
+        with timed("checkpoint"):
+            self._save(self.trainer, self.trainer.epoch)
+
+    def _save(self, trainer, epoch):
         evaluated_epoch, metric = getattr(trainer, "last_eval", (None, None))
         improved = evaluated_epoch == epoch and metric > trainer.best_metric
         if improved:

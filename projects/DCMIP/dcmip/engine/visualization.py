@@ -8,6 +8,7 @@ import numpy as np
 from fastreid.engine.train_loop import HookBase
 
 from ..visualization import cluster_montage, plot_curves, read_metrics
+from ..timing import timed
 from .hooks import ClusteringHook
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,10 @@ class MontageHook(HookBase):
         logger.info(f"montages of the pseudo identities (UNSUP.VIS.MONTAGE): {self.folder}/epoch_<e>.png")
 
     def before_epoch(self):
+        with timed("montage"):
+            self._draw()
+
+    def _draw(self):
         epoch, stats = self.trainer.epoch, self.clustering.stats
         title = (f"epoch {epoch}: {stats['clusters']} clusters ({stats['clusters_multi_camera']} span more than "
                  f"one camera), {stats['images_kept']} images kept, {stats['outliers']} outliers")
