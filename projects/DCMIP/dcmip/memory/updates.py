@@ -45,8 +45,10 @@ def sequential_momentum_update_(memory: torch.Tensor, features: torch.Tensor, la
             is known on the host (e.g. the sampler's K) to avoid a device-to-host sync; extra
             rounds are no-ops.
     """
-    occ = occurrence_index(labels)
-    n = occ.numel()
+    n = labels.numel()
+    # occurrence_index, from one (B, B) comparison: a batch is small, and this is 3 operations
+    # where the sort-based search takes a dozen.
+    occ = (labels.unsqueeze(0) == labels.unsqueeze(1)).tril_(-1).sum(dim=1)
     if rounds is None:
         rounds = int(occ.max()) + 1 if n else 0
     # Rows sorted (stably) by occurrence index: the rows of round r are the contiguous run
@@ -60,15 +62,15 @@ def sequential_momentum_update_(memory: torch.Tensor, features: torch.Tensor, la
     if not widths:
         return memory
     device = labels.device
-    order = torch.argsort(occ, stable=True)
-    first = torch.searchsorted(occ[order], torch.arange(len(widths), device=device))
+    sorted_occ, order = occ.sort(stable=True)
+    first = torch.searchsorted(sorted_occ, torch.arange(len(widths), device=device))
     # Every round's window, concatenated, is prepared at once (the rounds then only read and
-    # write the memory): slot t belongs to round round_of[t] at offset t - bounds[round_of[t]].
-    offsets = np.cumsum([0] + widths).tolist()
-    bounds = torch.tensor(offsets, device=device)
-    t = torch.arange(offsets[-1], device=device)
-    round_of = torch.searchsorted(bounds, t, right=True) - 1
-    slots = first[round_of] + (t - bounds[round_of])
+    # write the memory): slot t belongs to round round_of[t] at offset[t] in its window, both
+    # known on the host.
+    round_of = np.repeat(np.arange(len(widths)), widths)
+    offset = np.arange(len(round_of)) - np.repeat(np.cumsum([0] + widths[:-1]), widths)
+    round_of, offset = torch.from_numpy(np.stack([round_of, offset])).to(device)
+    slots = first[round_of] + offset
     window = order[slots.clamp_max(n - 1)]
     # Only the r-th occurrence of each label moves its entry; the other rows of the window
     # add an exact zero, which keeps the write deterministic under index_add_'s duplicate

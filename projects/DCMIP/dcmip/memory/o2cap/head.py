@@ -10,7 +10,7 @@ Both memories are rebuilt from the epoch-start features at every epoch and move 
 momentum rule (Eq. 1, per image in batch order), K' with the proxy labels and K with the
 cluster labels. The losses are the pure functions of :mod:`dcmip.memory.o2cap.functional`.
 """
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -68,9 +68,10 @@ class CameraAwareProxyMemory(MemoryHead):
     ``UNSUP.O2CAP`` keys ``LOSSES``, ``HARD_NEGATIVES`` (K1), ``ONLINE_POSITIVES`` (K2),
     ``BALANCE_WEIGHT`` (w), ``ONLINE_NEGATIVES``, ``BASELINE_REDUCTION``.
 
-    When the online association runs (``online`` or ``merge``), the head accumulates the
-    association statistics of Fig. 5 on the device and :meth:`epoch_statistics` returns their
-    epoch averages (precision and recall only when the pseudo labels carry true identities).
+    When the online association runs (``online`` or ``merge``), the head keeps each step's
+    online positive sets on the device and :meth:`epoch_statistics` returns the epoch averages
+    of the association statistics of Fig. 5 over them (precision and recall only when the
+    pseudo labels carry true identities).
     """
 
     def __init__(self, cfg):
@@ -101,15 +102,16 @@ class CameraAwareProxyMemory(MemoryHead):
                      "camera_proxies", "camera_proxies_valid", "cluster_memory", "true_ids", "proxy_true_id",
                      "num_true"):
             self.register_buffer(name, torch.zeros(0), persistent=False)
-        self.register_buffer("statistic_sums", torch.zeros(len(ASSOCIATION_STATISTICS), dtype=torch.float64),
-                             persistent=False)
-        self.register_buffer("statistic_counts", torch.zeros_like(self.statistic_sums), persistent=False)
+        # Per step (clusters ỹ, P2 index, P2 valid, dataset indices or None): the Fig. 5
+        # statistics are computed from them once per epoch, in one batch, rather than in ~40
+        # small operations per step.
+        self.associations = []
 
     @torch.no_grad()
     def reset(self, pseudo: PseudoLabels) -> None:
         """Rebuild the memories from the epoch-start features: each entry is the normalised
         mean of its images' features. Also resets the association statistics."""
-        device = self.statistic_sums.device
+        device = self.proxy_memory.device
         # Half-precision features (AMP extraction) are promoted: the memory accumulates updates.
         dtype = torch.promote_types(pseudo.features.dtype, torch.float32)
         features = pseudo.features.to(device, dtype)
@@ -132,8 +134,7 @@ class CameraAwareProxyMemory(MemoryHead):
             self.num_true = torch.bincount(self.proxy_true_id, minlength=len(identities))
         else:
             self.true_ids = torch.zeros(0, dtype=torch.long, device=device)
-        self.statistic_sums.zero_()
-        self.statistic_counts.zero_()
+        self.associations = []
 
     def forward(self, features: torch.Tensor, batch: Dict) -> Dict[str, torch.Tensor]:
         """The configured losses of the batch against the memories as they are before this
@@ -169,7 +170,7 @@ class CameraAwareProxyMemory(MemoryHead):
                 ranks["balanced"] = balanced
                 online = online_positives(balanced, ProxySet(self.camera_proxies, self.camera_proxies_valid),
                                           self.k2)
-                self._accumulate_statistics(offline, online, clusters, batch.get("index"))
+                self.associations.append((clusters, online.index, online.valid, batch.get("index")))
             # name -> (positive set, similarity ranking its hard negatives): L_off (Eq. 4), L_on
             # (Eq. 6), L_merge (Eq. 8), each a contrast_with_hard_negatives term.
             contrastive = {}
@@ -225,22 +226,27 @@ class CameraAwareProxyMemory(MemoryHead):
                                         multiplicity.get("clusters"))
 
     @torch.no_grad()
-    def _accumulate_statistics(self, offline: ProxySet, online: ProxySet, clusters: torch.Tensor,
-                               index: Optional[torch.Tensor]) -> None:
-        truth = {}
-        if self.true_ids.numel() and index is not None:
-            true_ids = self.true_ids[index]
-            truth = dict(true_ids=true_ids, proxy_true_id=self.proxy_true_id, num_true=self.num_true[true_ids])
-        sums, counts = association_statistics(offline, online, clusters, self.proxy_cluster, **truth)
-        self.statistic_sums += sums
-        self.statistic_counts += counts
-
     def epoch_statistics(self) -> Dict[str, float]:
         """Epoch averages of the Fig. 5 statistics (Eqs. 10-12) over the trained images, keyed
         ``association/<name>``; statistics without data are left out. Resets the accumulators."""
-        sums, counts = self.statistic_sums.tolist(), self.statistic_counts.tolist()
-        self.statistic_sums.zero_()
-        self.statistic_counts.zero_()
+        associations, self.associations = self.associations, []
+        table = ProxySet(self.cluster_proxies, self.cluster_proxies_valid)
+        sums = torch.zeros(len(ASSOCIATION_STATISTICS), dtype=torch.float64)
+        counts = torch.zeros_like(sums)
+        # The steps with dataset indices (the truth is known for them) and those without.
+        for with_index in (True, False):
+            steps = [step for step in associations if (step[3] is not None) == with_index]
+            if not steps:
+                continue
+            clusters, online_index, online_valid = (torch.cat(parts) for parts in list(zip(*steps))[:3])
+            truth = {}
+            if with_index and self.true_ids.numel():
+                true_ids = self.true_ids[torch.cat([step[3] for step in steps])]
+                truth = dict(true_ids=true_ids, proxy_true_id=self.proxy_true_id, num_true=self.num_true[true_ids])
+            step_sums, step_counts = association_statistics(offline_positives(clusters, table),
+                                                            ProxySet(online_index, online_valid), clusters,
+                                                            self.proxy_cluster, **truth)
+            sums += step_sums.cpu()
+            counts += step_counts.cpu()
         return {f"association/{name}": total / count
-                for name, total, count in zip(ASSOCIATION_STATISTICS, sums, counts) if count > 0}
-
+                for name, total, count in zip(ASSOCIATION_STATISTICS, sums.tolist(), counts.tolist()) if count > 0}
