@@ -133,12 +133,13 @@ def test_hook_nan_or_inf_features_name_epoch_and_network(monkeypatch, network):
 
     hook = _hook()
     hook.items = [(f"{i}.jpg", i, i % 2) for i in range(10)]
+    hook.image_cache = None
     student = torch.nn.Identity()
     teacher = torch.nn.Identity() if network == "EMA teacher" else None
     clustered = []
-    monkeypatch.setattr(hooks_module, "extract_features",
-                        lambda cfg, model, items, desc: _nan_features() if model is (teacher or student)
-                        else torch.randn(10, 16))
+    monkeypatch.setattr(hooks_module, "extract_many",
+                        lambda cfg, models, items, cache: {desc: _nan_features() if model is (teacher or student)
+                                                           else torch.randn(10, 16) for desc, model in models.items()})
     monkeypatch.setattr(hooks_module, "cluster_features_distributed", lambda *a, **k: clustered.append(1))
     hook.trainer = types.SimpleNamespace(epoch=7, unwrapped_model=student, teacher_for_epoch=lambda: teacher)
     with pytest.raises(ClusteringError, match=rf"epoch 7: the {network} produced NaN or infinite features "

@@ -56,7 +56,7 @@ def snapshot(module):
 
 class Recorder(HookBase):
     """Student and teacher states at the moments the checks need, and the epoch-start
-    features each network produced (through the clustering hook's extract_features)."""
+    features each network produced (through the clustering hook's extract_many)."""
 
     def __init__(self):
         self.after_epoch_student, self.stage2_start, self.steps, self.instances = {}, {}, [], {}
@@ -89,14 +89,14 @@ def run(demo_root):
     root, weights = demo_root
     monkeypatch = pytest.MonkeyPatch()
     extracted = []
-    real_extract = hooks_module.extract_features
+    real_extract = hooks_module.extract_many
 
-    def recording_extract(cfg, model, items, desc=""):
-        features = real_extract(cfg, model, items, desc=desc)
-        extracted.append((desc, features))
+    def recording_extract(cfg, models, items, cache=None):
+        features = real_extract(cfg, models, items, cache=cache)
+        extracted.extend(features.items())
         return features
 
-    monkeypatch.setattr(hooks_module, "extract_features", recording_extract)
+    monkeypatch.setattr(hooks_module, "extract_many", recording_extract)
     trainer = build_trainer(root, weights, monkeypatch)
     calls = iter(RESULTS)
     monkeypatch.setattr(trainer, "test", lambda cfg, model: dict(next(calls)))

@@ -16,7 +16,7 @@ from ..registry import TrainingStopped
 from ..sampling import build_sampler
 from ..structures import PseudoLabels
 from ..timing import record
-from .features import extract_features
+from .features import ImageCache, extract_many
 from .schedule import lr_factor
 
 logger = logging.getLogger(__name__)
@@ -60,16 +60,21 @@ class ClusteringHook(HookBase):
         self.true_ids = (torch.tensor([pid_index[it[1]] for it in train_items])
                          if cfg.UNSUP.LABEL_STATS and label_stats else None)
         self.transform = build_train_transforms(cfg)
+        # Decoded train images kept across epochs for the epoch-start extraction.
+        self.image_cache = ImageCache(cfg.UNSUP.FEATURE_CACHE_MB) if cfg.UNSUP.FEATURE_CACHE_MB > 0 else None
         self.pseudo = self.labels = self.stats = None
 
     def before_epoch(self):
         trainer, cfg, epoch = self.trainer, self.cfg, self.trainer.epoch
         start = time.perf_counter()
         model = trainer.unwrapped_model
-        features = extract_features(cfg, model, self.items, desc=f"epoch {epoch} train features")
         teacher = trainer.teacher_for_epoch()
-        teacher_features = (extract_features(cfg, teacher, self.items, desc=f"epoch {epoch} teacher features")
-                            if teacher is not None else None)
+        networks = {f"epoch {epoch} train features": model}
+        if teacher is not None:
+            networks[f"epoch {epoch} teacher features"] = teacher
+        # Student and teacher in one pass over the images.
+        extracted = list(extract_many(cfg, networks, self.items, cache=self.image_cache).values())
+        features, teacher_features = extracted[0], (extracted[1] if teacher is not None else None)
         check_finite(epoch, features, "model")
         if teacher_features is not None:
             check_finite(epoch, teacher_features, "EMA teacher")
