@@ -56,18 +56,18 @@ def per_camera_mean(loss_per_image: torch.Tensor, cams: torch.Tensor, num_cams: 
     by camera and sum, over the cameras present, the mean of ℓ over that camera's images.
 
     Args:
-        loss_per_image: (B,) ℓ_i.
+        loss_per_image: (B,) ℓ_i, or (L, B) for L losses reduced at once (result (L,)).
         cams: (B,) camera of each image, in [0, num_cams).
         num_cams: number of cameras of the dataset; a fixed size keeps the reduction sync-free.
         counts: (num_cams,) images per camera of the whole batch when ``loss_per_image`` is
             one process's share of it (default: :func:`camera_counts` of ``cams``). The
             per-process results then add up to the reduction of the whole batch.
     """
-    sums = loss_per_image.new_zeros(num_cams).index_add(0, cams, loss_per_image)
+    sums = loss_per_image.new_zeros(loss_per_image.shape[:-1] + (num_cams,)).index_add(-1, cams, loss_per_image)
     if counts is None:
         counts = camera_counts(cams, num_cams)
     # Absent cameras have sum 0 and count 0: the clamp makes them contribute 0 instead of NaN.
-    return (sums / counts.to(sums.dtype).clamp(min=1)).sum()
+    return (sums / counts.to(sums.dtype).clamp(min=1)).sum(dim=-1)
 
 
 def hard_negative_candidates(negative_rank: torch.Tensor, k1: int, *positive_sets: ProxySet) -> torch.Tensor:
@@ -144,8 +144,8 @@ def contrastive_terms(scores, positive_sets: Sequence[ProxySet], candidates: tor
     sets are padded to a common width and stacked, the (B, L M + K) scores they all need are
     read with a single gather, and the gradient is formed directly (:class:`_MultiPositiveContrast`)."""
     width = max(p.index.shape[1] for p in positive_sets)
-    index = torch.stack([F.pad(p.index, (0, width - p.index.shape[1])) for p in positive_sets])
-    valid = torch.stack([F.pad(p.valid, (0, width - p.valid.shape[1])) for p in positive_sets])
+    index = torch.stack([_pad_columns(p.index, width) for p in positive_sets])
+    valid = torch.stack([_pad_columns(p.valid, width) for p in positive_sets])
     batch = valid.shape[1]
     # Invalid slots become -1, which matches no candidate.
     outside = (candidates.unsqueeze(2) != index.masked_fill(~valid, -1).unsqueeze(2)).all(dim=3)
@@ -153,6 +153,12 @@ def contrastive_terms(scores, positive_sets: Sequence[ProxySet], candidates: tor
     q_valid = outside & (outside.cumsum(dim=2) <= k1)
     gathered = scores.gather(1, torch.cat([index.transpose(0, 1).reshape(batch, -1), candidates], dim=1))
     return _MultiPositiveContrast.apply(gathered, torch.cat([valid, q_valid], dim=2), width)
+
+
+def _pad_columns(table: torch.Tensor, width: int) -> torch.Tensor:
+    """``table`` (R, M) padded with zero columns to (R, width); as is when M = width (one
+    operation less per set on the step's path)."""
+    return table if table.shape[1] == width else F.pad(table, (0, width - table.shape[1]))
 
 
 class _MultiPositiveContrast(torch.autograd.Function):

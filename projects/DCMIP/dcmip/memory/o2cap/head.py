@@ -194,10 +194,14 @@ class CameraAwareProxyMemory(MemoryHead):
             if "base2" in self.losses:
                 losses["loss_base2"] = base2_loss(cluster_scores, clusters, self.k1)
         plain_mean = {"loss_base", "loss_base2"} if self.baseline_reduction == "mean" else set()
-        counts, world_size = self._batch_camera_counts(cams)
-        return {name: value.mean() if name in plain_mean
-                else world_size * per_camera_mean(value, cams, self.num_cams, counts)
-                for name, value in losses.items()}
+        reduced = {name: losses[name].mean() for name in losses if name in plain_mean}
+        per_camera = [name for name in losses if name not in plain_mean]
+        if per_camera:
+            # The per-camera losses in one reduction (a few operations instead of a few per loss).
+            counts, world_size = self._batch_camera_counts(cams)
+            values = per_camera_mean(torch.stack([losses[name] for name in per_camera]), cams, self.num_cams, counts)
+            reduced.update(zip(per_camera, (world_size * values if world_size > 1 else values).unbind()))
+        return {name: reduced[name] for name in losses}
 
     def _batch_camera_counts(self, cams: torch.Tensor):
         """Images per camera of the global batch, and the number of processes sharing it.
