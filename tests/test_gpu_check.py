@@ -64,3 +64,10 @@ def test_table_and_exit_code(tmp_path, monkeypatch):
     rows = [line for line in text.splitlines() if line.startswith("| ") and "check" not in line]
     assert len(rows) == 2 * len(gpu_check.HEADS) + 1
     assert code == (1 if "| FAIL" in text else 0)
+
+
+def test_rates_are_measured_on_a_small_cpu_case():
+    """The rate measurements run (here tiny, on the CPU) and give positive finite numbers."""
+    rates = gpu_check.measure_rates("cpu", batch=2, size=(64, 32), knn_n=256, dim=64, repeats=1)
+    assert set(rates) == {"embed_img_s", "train_img_s", "knn_tflops_fp32", "knn_tflops_fp16"}
+    assert all(0 < v < float("inf") for v in rates.values())
