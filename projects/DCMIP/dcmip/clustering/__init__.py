@@ -53,7 +53,8 @@ def cluster_features(features: Union[np.ndarray, torch.Tensor], k1: int = 20, k2
     if not 0 < eps < 1:  # checked before the expensive part
         raise ValueError(f"eps = {eps!r} must be in (0, 1): Jaccard distances lie in [0, 1]")
     with timed("jaccard"):  # the kNN inside it is billed to "knn" (dcmip.timing)
-        distance = jaccard_distance(features, k1, k2, knn=knn, initial_rank=initial_rank)
+        distance = jaccard_distance(features, k1, k2, knn=knn, initial_rank=initial_rank,
+                                    max_distance=eps)  # DBSCAN reads only J <= eps
     with timed("dbscan"):
         return dbscan(distance, eps, min_samples)
 

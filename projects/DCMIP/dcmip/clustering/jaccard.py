@@ -42,7 +42,8 @@ def half_k(k1: int) -> int:
 
 
 def jaccard_distance(features: ArrayLike, k1: int = 20, k2: int = 6, *, knn: str = "exact",
-                     initial_rank: Optional[np.ndarray] = None) -> sp.csr_matrix:
+                     initial_rank: Optional[np.ndarray] = None,
+                     max_distance: Optional[float] = None) -> sp.csr_matrix:
     """k-reciprocal Jaccard distances between all points, as a sparse matrix.
 
     Reproduces the cluster-contrast authors' ``compute_jaccard_distance`` (METHODS §1 step 2)
@@ -70,6 +71,10 @@ def jaccard_distance(features: ArrayLike, k1: int = 20, k2: int = 6, *, knn: str
         initial_rank: optional precomputed (N, >= k1) kNN indices, column 0 the point itself
             (e.g. from :func:`knn`); only its first ``k1`` columns are used and ``knn`` is
             ignored. Lets callers time or share the kNN separately.
+        max_distance: keep only the pairs with ``J <= max_distance`` (and the diagonal), with
+            the same values; DBSCAN with ``eps <= max_distance`` then gives the labels of the
+            full matrix while J takes the memory of its near pairs only (``cluster_features``
+            passes ``eps``). ``None`` keeps every pair with ``J < 1``.
 
     Returns:
         (N, N) ``scipy.sparse.csr_matrix`` of float32 with sorted column indices and every
@@ -90,12 +95,16 @@ def jaccard_distance(features: ArrayLike, k1: int = 20, k2: int = 6, *, knn: str
             raise ValueError(f"{name} = {value!r} must be an integer in [{low}, {high}] for "
                              f"N = {n} points (k1 < N, 1 <= k2 <= k1); lower it")
     k1, k2 = int(k1), int(k2)
+    if max_distance is not None and not (isinstance(max_distance, (int, float, np.floating))
+                                         and 0 <= max_distance < np.inf):
+        raise ValueError(f"max_distance = {max_distance!r} must be a non-negative number (the "
+                         "DBSCAN eps) or None to keep every pair")
     if knn not in KNN_METHODS:
         raise ValueError(f"unknown kNN method {knn!r}; choose one of {KNN_METHODS}")
     x = torch.nn.functional.normalize(torch.as_tensor(features).detach().float(), dim=1)
     if initial_rank is None:
         with timed("knn"):
-            rank = knn_search(x, k1, knn)
+            rank = knn_search(x, k1, knn).astype(_index_dtype(n))
     else:
         rank = _check_initial_rank(initial_rank, n, k1)
     x = x.cpu()
@@ -104,7 +113,7 @@ def jaccard_distance(features: ArrayLike, k1: int = 20, k2: int = 6, *, knn: str
     v = _encoding(x, indptr, indices)
     if k2 != 1:
         v = _query_expansion(v, rank, k2)
-    return _jaccard_from_encoding(v)
+    return _jaccard_from_encoding(v, max_distance)
 
 
 def _check_initial_rank(initial_rank: np.ndarray, n: int, k1: int) -> np.ndarray:
@@ -114,10 +123,11 @@ def _check_initial_rank(initial_rank: np.ndarray, n: int, k1: int) -> np.ndarray
         raise ValueError(f"initial_rank must be an integer array of shape (N, >= k1) = "
                          f"({n}, >= {k1}), got {rank.dtype} {rank.shape}; compute it with "
                          "dcmip.clustering.knn(features, k1)")
-    rank = rank[:, :k1].astype(np.int64)
+    rank = rank[:, :k1]
     if rank.min() < 0 or rank.max() >= n:
         raise ValueError(f"initial_rank holds indices outside [0, {n}); it must index the rows "
                          "of features")
+    rank = rank.astype(_index_dtype(n))  # checked first: the cast would wrap larger values
     if (rank[:, 0] != np.arange(n)).any():
         raise ValueError("initial_rank[:, 0] must be each point itself (its own first "
                          "neighbour); dcmip.clustering.knn guarantees it")
@@ -127,7 +137,8 @@ def _check_initial_rank(initial_rank: np.ndarray, n: int, k1: int) -> np.ndarray
 def _knn_indicator(rank: np.ndarray, cols: int) -> sp.csr_matrix:
     """``A[i, j] = 1`` when j is among ``rank[i, :cols]``, canonical CSR."""
     n = rank.shape[0]
-    a = sp.csr_matrix((np.ones(n * cols, dtype=np.int32), rank[:, :cols].ravel(),
+    # flatten() copies: scipy keeps int32 indices as given and sort_indices() works in place.
+    a = sp.csr_matrix((np.ones(n * cols, dtype=np.int32), rank[:, :cols].flatten(),
                        np.arange(0, n * cols + 1, cols)), shape=(n, n))
     a.sort_indices()
     return a
@@ -206,7 +217,8 @@ def _query_expansion(v: sp.csr_matrix, rank: np.ndarray, k2: int) -> sp.csr_matr
     return v
 
 
-def _jaccard_from_encoding(v: sp.csr_matrix) -> sp.csr_matrix:
+def _jaccard_from_encoding(v: sp.csr_matrix, max_distance: Optional[float] = None
+                           ) -> sp.csr_matrix:
     """Eq. 10-12: ``J = 1 - m / (2 - m)``, ``m(i, j) = Σ_k min(V[i,k], V[j,k])``, clamped at 0.
 
     Every pair (i <= j) that shares a column k of V contributes ``min(V[i,k], V[j,k])``: for
@@ -217,10 +229,10 @@ def _jaccard_from_encoding(v: sp.csr_matrix) -> sp.csr_matrix:
     """
     n = v.shape[0]
     # CSC layout of V plus, for every CSR entry, its position in that layout.
-    order = sp.csr_matrix((np.arange(v.nnz, dtype=np.int64), v.indices, v.indptr),
+    order = sp.csr_matrix((np.arange(v.nnz, dtype=_index_dtype(v.nnz)), v.indices, v.indptr),
                           shape=v.shape).tocsc()
     csc_to_csr = order.data
-    csc_pos = np.empty(v.nnz, dtype=np.int64)
+    csc_pos = np.empty(v.nnz, dtype=csc_to_csr.dtype)
     csc_pos[csc_to_csr] = np.arange(v.nnz)
     col_rows, col_vals = order.indices, v.data[csc_to_csr]
     # Triples each CSR entry (i, k) generates: rows from i to the end of column k.
@@ -234,14 +246,16 @@ def _jaccard_from_encoding(v: sp.csr_matrix) -> sp.csr_matrix:
         offsets = np.repeat(csc_pos[lo:hi] - np.cumsum(counts) + counts, counts)
         offsets += np.arange(offsets.shape[0])
         mins = np.minimum(np.repeat(v.data[lo:hi], counts), col_vals[offsets])
-        row_ptr = np.zeros(stop - start + 1, dtype=np.int64)
+        # int32 pointers where they fit keep scipy from widening (copying) the indices.
+        row_ptr = np.zeros(stop - start + 1, dtype=_index_dtype(offsets.shape[0]))
         np.cumsum(row_triples[start:stop], out=row_ptr[1:])
         pairs = sp.csr_matrix((mins, col_rows[offsets], row_ptr), shape=(stop - start, n))
         # CSR -> CSC puts the triples of a pair next to each other, in ascending k (a stable
         # counting sort), so summing them is a linear pass in the authors' order.
         pairs = pairs.tocsc()
         pairs.sum_duplicates()
-        return pairs.tocsr()
+        pairs = pairs.tocsr()
+        return pairs if max_distance is None else _near_pairs(pairs, max_distance)
 
     upper = _run_blocks(block, _cost_blocks(row_triples, _TRIPLES_PER_BLOCK))
     upper = sp.vstack(upper, format="csr")
@@ -254,13 +268,40 @@ def _jaccard_from_encoding(v: sp.csr_matrix) -> sp.csr_matrix:
     upper.data[upper.indptr[:-1]] = 0
     jac = lower + upper
     del upper, lower
-    # J = max(1 - m / (2 - m), 0) in place: one temporary of nnz(J) floats.
-    m = jac.data
+    _distance_from_overlap(jac.data)
+    return jac
+
+
+def _distance_from_overlap(m: np.ndarray) -> None:
+    """Eq. 12: ``J = max(1 - m / (2 - m), 0)`` in place, float32: one temporary of m's size."""
     ratio = np.subtract(2, m, dtype=np.float32)
     np.divide(m, ratio, out=ratio)
     np.subtract(1, ratio, out=m)
     np.maximum(m, 0, out=m)
-    return jac
+
+
+def _near_pairs(m: sp.csr_matrix, max_distance: float) -> sp.csr_matrix:
+    """A block of rows of the upper-triangle overlaps ``m`` cut to the pairs
+    whose J (computed as :func:`_distance_from_overlap` will) is within ``max_distance``,
+    plus the diagonal (first in each row), which DBSCAN's self-count reads.
+
+    The threshold is one float32 step above ``max_distance``: whether DBSCAN compares its eps
+    in float32 or float64, every pair it accepts is kept; the few extra are cut by eps.
+    """
+    j = m.data.copy()
+    _distance_from_overlap(j)
+    limit = np.nextafter(np.float32(max_distance), np.float32(np.inf))
+    keep = j <= limit
+    keep[m.indptr[:-1][np.diff(m.indptr) > 0]] = True
+    del j
+    indptr = np.concatenate([[0], np.cumsum(keep)])[m.indptr].astype(m.indptr.dtype)
+    return sp.csr_matrix((m.data[keep], m.indices[keep], indptr), shape=m.shape)
+
+
+def _index_dtype(size: int) -> type:
+    """int32 for indices below ``size`` where they fit (half the memory of int64 and what
+    scipy's sparse kernels use anyway), else int64."""
+    return np.int32 if size <= np.iinfo(np.int32).max else np.int64
 
 
 def _cost_blocks(cost: np.ndarray, budget: int) -> "list[tuple[int, int]]":
