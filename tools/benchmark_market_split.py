@@ -62,6 +62,35 @@ SMOKE_DCMIP = ["SOLVER.MAX_EPOCH", "2", "UNSUP.DCMIP.STAGE1_EPOCHS", "1", "UNSUP
 METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10")
 
 
+# The arithmetic for MSMT17 (32,621 train images: list_train + list_val; 11,659 query x 82,161
+# gallery) on one GPU. The CPU-side parts are measured (docs/benchmarks/clustering.md,
+# docs/benchmarks/evaluation.md); the GPU rates are stated assumptions until `make gpu-check`
+# measures them on a lent GPU (none so far).
+GPU_ARITHMETIC = """## MSMT17 on one GPU: the arithmetic
+
+No GPU has run this project's benchmarks yet, so the GPU rates below are **assumptions**: typical
+figures for ResNet-50 at 256×128 in fp16 on a current data-centre GPU, with 8 or more loader
+workers. The CPU-side figures are measured. Per epoch, the published configs train
+O2CAP: 400 steps × 32 images = 12,800 images (configs/O2CAP/msmt17.yml), and
+DCMIP: 100 steps × 256 images = 25,600 images (configs/DCMIP/msmt17.yml).
+
+| Part | Work per epoch | Rate | Cost per epoch |
+|---|---|---|---|
+| features | 32,621 train images (list_train + list_val) | ~3,000 img/s (assumed; JPEG decoding in the loader often bounds it) | ~11 s |
+| features, DCMIP stage 2 | student + teacher, one pass over the loader | ~2,000 img/s per pair (assumed) | ~16 s |
+| kNN, exact on the GPU (blocked matrix products) | 32,621² pairs × d = 2,048: 2.2 TFLOP | tens of TFLOP/s (assumed) | < 1 s |
+| Jaccard + DBSCAN (CPU) | N = 32,621 | measured 1.0 s (O2CAP) / 1.6 s (DCMIP) on 2 cores (docs/benchmarks/clustering.md) | ~1–2 s |
+| training steps | O2CAP 12,800 / DCMIP 25,600 images | ~800 img/s forward + backward (assumed) | ~16 s / ~32 s |
+| evaluation (every 10 epochs) | 93,820 images embedded; 11,659 × 82,161 ranked | ~3,000 img/s (assumed); ranking measured 47 s on 2 CPU cores (docs/benchmarks/evaluation.md), seconds on the GPU | ~35 s, ~3.5 s per epoch amortised |
+
+So on one GPU an MSMT17 epoch is ~30 s (O2CAP) to ~50 s (DCMIP stage 2), and with these rates
+feature extraction is about a third of it (half for O2CAP): the train set is embedded once per
+epoch while the configs train on fewer images than it holds (12,800 or 25,600 < 32,621). The
+clustering step stays a few percent until N reaches hundreds of thousands of images, where the
+kNN (N²) takes over (docs/clustering.md). On a lent GPU, replace the assumed rates by measured ones.
+"""
+
+
 def commit():
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
@@ -252,13 +281,62 @@ def last_value(records, key):
     return values[-1] if values else None
 
 
-def assemble(protocol, out_root, doc):
+PROFILE_PHASES = (("features", "features"), ("knn", "kNN"), ("jaccard", "Jaccard"), ("dbscan", "DBSCAN"),
+                  ("montage", "montage"), ("train", "training steps"), ("evaluation", "evaluation"),
+                  ("checkpoint", "checkpoint"))
+
+
+def epoch_profile(records, stages=None):
+    """[(label, epochs, {phase: mean seconds per epoch})] from the time/<phase> scalars that
+    dcmip.engine.profile.EpochProfileHook keeps per epoch (evaluation and checkpoint are
+    averaged over all epochs, evaluated or not). ``stages``: (label, first iteration, end
+    iteration) to profile separately, e.g. DCMIP's two stages."""
+    epochs = [r for r in records if "time/train" in r]
+    out = []
+    for label, lo, hi in stages or [("", 0, float("inf"))]:
+        part = [r for r in epochs if lo <= r.get("iteration", 0) < hi]
+        if part:
+            out.append((label, len(part), {k: sum(r.get(f"time/{k}", 0.0) for r in part) / len(part)
+                                           for k, _ in PROFILE_PHASES}))
+    return out
+
+
+def write_epoch_profile(profiles, path, commands, machines, commits):
+    """docs/benchmarks/epoch.md: where an epoch's time goes, per method."""
+    head = "| Method | epochs | " + " | ".join(name for _, name in PROFILE_PHASES) + " | epoch (s) |"
+    lines = [head, "|---" * (len(PROFILE_PHASES) + 3) + "|"]
+    for label, epochs, phases in profiles:
+        total = sum(phases.values())
+        cells = [f"{phases[k]:.1f} ({100 * phases[k] / total:.0f}%)" if total else "–" for k, _ in PROFILE_PHASES]
+        lines.append(f"| {label} | {epochs} | " + " | ".join(cells) + f" | {total:.1f} |")
+    load = os.getloadavg()
+    text = ["# Where an epoch's time goes (Market split, CPU)", "",
+            "Written by `tools/benchmark_market_split.py` (`--assemble`) from the `time/<phase>` scalars every "
+            "run keeps in metrics.json (one line per epoch in the log: `epoch N time: ...`), for the rows of "
+            "[the Market-split table](../results/market1501-split.md).", "",
+            "Commands: " + ", ".join(f"`{c}`" for c in commands) + "  ",
+            f"Commit: {', '.join(sorted(commits))}  ", f"Machine: {'; '.join(sorted(machines))}  ",
+            f"Load average when assembled: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (the runs' own "
+            "wall times are in the Market-split table)", "",
+            "Mean seconds per epoch (share of the epoch). features: the epoch-start embedding of every train "
+            "image (DCMIP stage 2: the student's and the teacher's); kNN, Jaccard, DBSCAN: the clustering step "
+            "(docs/clustering.md); training steps: UNSUP.ITERS steps with their data loading; evaluation and "
+            "checkpoint: averaged over all epochs (evaluations run every TEST.EVAL_PERIOD epochs and at the end).",
+            ""] + lines + [""]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(text) + "\n" + GPU_ARITHMETIC)
+    print(f"wrote {path} ({len(profiles)} rows)")
+
+
+def assemble(protocol, out_root, doc, profile_doc=None):
     rows, dataset, default_out, default_doc = PROTOCOLS[protocol]
     doc_dir = os.path.dirname(os.path.abspath(doc))
     os.makedirs(doc_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(doc))[0]
     lines, images, commits, machines, commands, extras = [], [], set(), set(), [], set()
     zero_shot_map = None
+    profiles = []
     for row in rows:
         if not os.path.isfile(os.path.join(out_root, row, "row.json")):
             continue
@@ -276,6 +354,11 @@ def assemble(protocol, out_root, doc):
             commands.append(command)
         extras.add(" ".join(rec.get("extra_opts", [])))
         machines.add(rec["machine"])
+        stages = None
+        if row in TWO_STAGE:
+            boundary = cfg.UNSUP.DCMIP.STAGE1_EPOCHS * iters
+            stages = [(f"{TWO_STAGE[row]} stage 1", 0, boundary), (f"{TWO_STAGE[row]} stage 2", boundary, float("inf"))]
+        profiles += [(label or LABELS.get(row, row), n, phases) for label, n, phases in epoch_profile(records, stages)]
         # Camera-aware proxies per cluster at the last clustering: ~1 when clusters stay in one camera.
         ratio = last_value(records, "cluster/proxies_per_cluster")
         for label, m, ex in results:
@@ -315,6 +398,8 @@ def assemble(protocol, out_root, doc):
     with open(doc, "w") as f:
         f.write("\n".join(text))
     print(f"wrote {doc} ({len(lines)} rows, {len(images)} plots)")
+    if profile_doc and profiles:
+        write_epoch_profile(profiles, profile_doc, commands, machines, commits)
 
 
 def main():
@@ -349,7 +434,11 @@ def main():
             sys.exit(f"error: unknown rows {bad}; choose from {list(table)}")
         for r in rows:
             rc |= run_row(table, r, out_root, a.smoke, a.profile_steps, a.opts)
-    assemble(a.protocol, out_root, doc)
+    profile_doc = None
+    if a.protocol == "split":
+        profile_doc = (os.path.join(os.path.dirname(doc), "epoch.md") if a.smoke
+                       else os.path.join(ROOT, "docs", "benchmarks", "epoch.md"))
+    assemble(a.protocol, out_root, doc, profile_doc)
     sys.exit(rc)
 
 
