@@ -1,0 +1,242 @@
+"""The clustering step at N = 250,000 to 1,000,000: kNN, post-kNN time and peak memory.
+
+Same synthetic identity-structured features as benchmarks/clustering.py (33 images per
+identity, 5% distractors), but d = 256: an exact kNN at d = 2048 and N = 1,000,000 is
+2 N² d = 4e15 flops, days on 2 cores, and even at d = 256 it is 5e14, hours: at d = 256
+faiss's flat search ran at only ~20 GFLOP/s on this machine (N = 100,000: 255 s, loaded),
+its top-k selection over N candidates per query costing as much as the products. Per size and kNN method ("exact", and faiss's approximate
+"ivf" and "hnsw" as UNSUP.CLUSTER.KNN selects them, default parameters) the script times
+the kNN (k = 30) and then the post-kNN work on that method's graph in the DCMIP setting
+(k1 30, k2 6, eps 0.6), the heavier of the two: Jaccard distance plus DBSCAN. "peak GiB" is
+the process's peak resident memory during the step (Linux VmHWM, reset before it), features
+included, i.e. what the machine must hold.
+
+Before an exact kNN the script times the search of 2,000 queries against all N points and
+extrapolates; above --exact-budget-s (default 900 s) it skips the exact kNN and says so, and
+the post-kNN rows of that size then come from the approximate graphs only.
+
+With --compare-size N (e.g. 100,000) it also runs all three methods at that size and reports
+each approximate method's recall of the exact 30 neighbours and the adjusted Rand index
+(ARI) of its DCMIP-setting labels against the exact-kNN labels, every outlier its own
+cluster (DBSCAN's outliers are not a group; as one cluster of ~5% of N its pairs would
+outweigh all the others, and that ARI is given beside it).
+
+Every run merges its rows (keyed by N and method) into docs/benchmarks/clustering_scale.json
+and rewrites the "Scale" section of docs/benchmarks/clustering.md from all stored rows, so
+sizes and methods can be run separately; benchmarks/clustering.py keeps that section.
+
+Usage::
+
+    PYTHONPATH=projects/DCMIP python benchmarks/clustering_scale.py \\
+        --sizes 250000 500000 1000000 --knn exact,ivf,hnsw --compare-size 100000
+"""
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+
+import faiss
+import numpy as np
+import torch
+from sklearn.metrics import adjusted_rand_score
+from tabulate import tabulate
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from clustering import ROOT, _kib, _reset_peak, machine, synthetic_features  # noqa: E402
+from dcmip.clustering import KNN_METHODS, dbscan, jaccard_distance, knn  # noqa: E402
+
+DIM = 256
+K = 30
+SETTING = ("DCMIP", 30, 6, 0.6)
+CALIBRATION_QUERIES = 2000
+SECTION = "## Scale: N = 250,000 to 1,000,000"
+JSON = os.path.join(ROOT, "docs", "benchmarks", "clustering_scale.json")
+HEADERS = ["N", "kNN", "kNN s", "kNN peak GiB", "Jaccard s", "DBSCAN s", "post-kNN s",
+           "post-kNN peak GiB", "clusters", "outliers", "recall@30", "ARI vs exact",
+           "ARI, outliers as one cluster", "load",
+           "commit"]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def exact_estimate(features: np.ndarray) -> float:
+    """Seconds for the exact kNN of all N queries, extrapolated from CALIBRATION_QUERIES."""
+    n = features.shape[0]
+    index = faiss.IndexFlatL2(features.shape[1])
+    index.add(features)
+    start = time.perf_counter()
+    index.search(features[:CALIBRATION_QUERIES], K)
+    return (time.perf_counter() - start) * n / CALIBRATION_QUERIES
+
+
+# How the approximate kNN time grows with N: IVF with nlist = sqrt(N) lists and a fixed nprobe
+# scans N * nprobe * N / nlist vectors; HNSW inserts and searches in about N log N.
+GROWTH = {"ivf": 1.5, "hnsw": 1.1}
+
+
+def approx_estimate(n: int, method: str) -> str:
+    """An estimate from the largest smaller size stored for ``method``, or nothing."""
+    if not os.path.exists(JSON):
+        return ""
+    with open(JSON) as f:
+        known = [r for r in json.load(f)["rows"]
+                 if r["knn"] == method and "knn_s" in r and r["n"] < n]
+    if not known:
+        return ""
+    ref = max(known, key=lambda r: r["n"])
+    return (f", estimated {ref['knn_s'] * (n / ref['n']) ** GROWTH[method]:,.0f} s from "
+            f"{ref['knn_s']:.0f} s at N = {ref['n']:,} (time ~ N^{GROWTH[method]})")
+
+
+def timed_knn(features: np.ndarray, method: str):
+    base = _reset_peak()
+    start = time.perf_counter()
+    rank = knn(features, K, method)
+    seconds = time.perf_counter() - start
+    return rank, seconds, _kib("VmHWM") / 2 ** 20, base
+
+
+def post_knn(features: np.ndarray, rank: np.ndarray):
+    _, k1, k2, eps = SETTING
+    _reset_peak()
+    start = time.perf_counter()
+    # As cluster_features (the trainer) does: only the pairs DBSCAN reads are kept.
+    jac = jaccard_distance(features, k1, k2, initial_rank=rank[:, :k1], max_distance=eps)
+    mid = time.perf_counter()
+    labels = dbscan(jac, eps)
+    stop = time.perf_counter()
+    peak = _kib("VmHWM") / 2 ** 20
+    del jac
+    gc.collect()
+    return labels, mid - start, stop - mid, peak
+
+
+def singletons(labels: np.ndarray) -> np.ndarray:
+    """Every outlier (-1) its own cluster: DBSCAN's outliers are not a group (training drops
+    them), and taken as one cluster of ~5% of N their pairs would outweigh all the others."""
+    return np.where(labels < 0, -1 - np.arange(labels.shape[0]), labels)
+
+
+def recall(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Fraction of the exact k neighbours (the point itself included) found by ``approx``."""
+    hits = sum(np.intersect1d(a, e, assume_unique=True).shape[0] for a, e in zip(approx, exact))
+    return hits / exact.size
+
+
+def run_size(n: int, methods, budget_s: float, compare: bool, commit: str) -> list:
+    log(f"N = {n:,}: generating {n:,} x {DIM} features ({n * DIM * 4 / 2 ** 30:.2f} GiB)")
+    features, _ = synthetic_features(n, dim=DIM)
+    rows, exact_rank, exact_labels = [], None, None
+    for method in methods:
+        if method == "exact":
+            estimate = exact_estimate(features)
+            log(f"N = {n:,}: exact kNN estimated at {estimate:,.0f} s (2 N^2 d = "
+                f"{2 * n * n * DIM:.1e} flops, extrapolated from {CALIBRATION_QUERIES:,} queries)")
+            if estimate > budget_s:
+                log(f"N = {n:,}: exact kNN SKIPPED: estimate {estimate:,.0f} s > --exact-budget-s "
+                    f"{budget_s:,.0f}; post-kNN rows at this size use the approximate graphs")
+                rows.append(dict(n=n, knn=method, skipped=f"estimated {estimate:,.0f} s"))
+                continue
+        else:
+            log(f"N = {n:,}: {method} kNN (index build + search){approx_estimate(n, method)}")
+        rank, knn_s, knn_peak, _ = timed_knn(features, method)
+        log(f"N = {n:,}: {method} kNN {knn_s:.1f} s, peak {knn_peak:.2f} GiB; post-kNN ...")
+        labels, jac_s, db_s, post_peak = post_knn(features, rank)
+        row = dict(n=n, knn=method, knn_s=knn_s, knn_peak=knn_peak, jaccard_s=jac_s,
+                   dbscan_s=db_s, post_peak=post_peak, clusters=int(labels.max() + 1),
+                   outliers=float((labels == -1).mean()), load=os.getloadavg()[0],
+                   commit=commit)
+        if method == "exact":
+            exact_rank, exact_labels = rank, labels
+        elif compare and exact_rank is not None:
+            row["recall"] = recall(rank, exact_rank)
+            row["ari"] = adjusted_rand_score(singletons(exact_labels), singletons(labels))
+            row["ari_grouped"] = adjusted_rand_score(exact_labels, labels)
+        rows.append(row)
+        log(f"N = {n:,}: {method}: Jaccard {jac_s:.1f} s + DBSCAN {db_s:.1f} s = "
+            f"{jac_s + db_s:.1f} s, peak {post_peak:.2f} GiB"
+            + (f", recall {row['recall']:.3f}, ARI {row['ari']:.4f}" if "ari" in row else ""))
+        del rank
+        gc.collect()
+    return rows
+
+
+def table(rows: list) -> str:
+    def fmt(row):
+        if "skipped" in row:
+            return [f"{row['n']:,}", row["knn"], f"skipped ({row['skipped']})"] + [""] * 12
+        return [f"{row['n']:,}", row["knn"], f"{row['knn_s']:.1f}", f"{row['knn_peak']:.2f}",
+                f"{row['jaccard_s']:.1f}", f"{row['dbscan_s']:.1f}",
+                f"{row['jaccard_s'] + row['dbscan_s']:.1f}", f"{row['post_peak']:.2f}",
+                row["clusters"], f"{row['outliers']:.1%}",
+                f"{row['recall']:.3f}" if "recall" in row else "",
+                f"{row['ari']:.4f}" if "ari" in row else "",
+                f"{row['ari_grouped']:.4f}" if "ari_grouped" in row else "",
+                f"{row['load']:.1f}", row["commit"]]
+    order = {m: i for i, m in enumerate(KNN_METHODS)}
+    rows = sorted(rows, key=lambda r: (r["n"], order[r["knn"]]))
+    return tabulate([fmt(r) for r in rows], HEADERS, tablefmt="github")
+
+
+def write_docs(new_rows: list, command: str, output: str) -> str:
+    stored = {}
+    if os.path.exists(JSON):
+        with open(JSON) as f:
+            stored = {(r["n"], r["knn"]): r for r in json.load(f)["rows"]}
+    stored.update({(r["n"], r["knn"]): r for r in new_rows})
+    rows = list(stored.values())
+    with open(JSON, "w") as f:
+        json.dump({"rows": rows}, f, indent=1)
+    description = __doc__.split("\n", 1)[1].split("Usage::")[0].strip()
+    text = (f"{SECTION}\n\nLast run: `{command}`.\n\nMachine: {machine()}.\n\n{description}\n\n"
+            f"{table(rows)}\n\nThe \"load\" column is the 1-minute load average after the row "
+            f"(2 cores: above 2, other processes took CPU time from it); \"commit\" is the "
+            f"code the row was measured with.\n")
+    head = ""
+    if os.path.exists(output):
+        with open(output) as f:
+            head = f.read().split(SECTION)[0].rstrip() + "\n\n"
+    with open(output, "w") as f:
+        f.write(head + text)
+    return table(rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[250000, 500000, 1000000])
+    parser.add_argument("--knn", default="exact,ivf,hnsw",
+                        help="comma-separated kNN methods, of " + ", ".join(KNN_METHODS))
+    parser.add_argument("--compare-size", type=int, default=None,
+                        help="also run exact, ivf and hnsw at this N for recall and ARI")
+    parser.add_argument("--exact-budget-s", type=float, default=900.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default=os.path.join(ROOT, "docs", "benchmarks",
+                                                         "clustering.md"))
+    args = parser.parse_args()
+    methods = args.knn.split(",")
+    unknown = set(methods) - set(KNN_METHODS)
+    if unknown:
+        parser.error(f"unknown --knn {sorted(unknown)}; choose from {KNN_METHODS}")
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    log(f"load average {os.getloadavg()[0]:.1f} at start; commit {commit}")
+    rows = []
+    if args.compare_size:
+        rows += run_size(args.compare_size, list(KNN_METHODS), float("inf"), True, commit)
+    for n in args.sizes:
+        rows += run_size(n, methods, args.exact_budget_s, False, commit)
+    command = ("PYTHONPATH=projects/DCMIP python benchmarks/clustering_scale.py "
+               + " ".join(sys.argv[1:])).strip()
+    print(write_docs(rows, command, args.output))
+
+
+if __name__ == "__main__":
+    main()
