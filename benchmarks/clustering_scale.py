@@ -2,14 +2,16 @@
 
 Same synthetic identity-structured features as benchmarks/clustering.py (33 images per
 identity, 5% distractors), but d = 256: an exact kNN at d = 2048 and N = 1,000,000 is
-2 N² d = 4e15 flops, days on 2 cores, and even at d = 256 it is 5e14, hours: at d = 256
-faiss's flat search ran at only ~20 GFLOP/s on this machine (N = 100,000: 255 s, loaded),
-its top-k selection over N candidates per query costing as much as the products. Per size and kNN method ("exact", and faiss's approximate
-"ivf" and "hnsw" as UNSUP.CLUSTER.KNN selects them, default parameters) the script times
+2 N² d = 4e15 flops, days on 2 cores, and even at d = 256 it is 5e14, hours: faiss's flat
+search reached only 20-60 GFLOP/s at d = 256 on this machine (N = 100,000: 86-255 s
+depending on the load). Per size and kNN method ("exact", and faiss's approximate "ivf" and
+"hnsw" as UNSUP.CLUSTER.KNN selects them, default parameters) the script times
 the kNN (k = 30) and then the post-kNN work on that method's graph in the DCMIP setting
 (k1 30, k2 6, eps 0.6), the heavier of the two: Jaccard distance plus DBSCAN. "peak GiB" is
 the process's peak resident memory during the step (Linux VmHWM, reset before it), features
-included, i.e. what the machine must hold.
+included, i.e. what the machine must hold. Memory scales with d through the features: at
+d = 2048 and N = 1,000,000 one float32 copy is 8 GB, and the kNN holds three (the caller's,
+the L2-normalised one, the faiss index), which these d = 256 rows do not show.
 
 Before an exact kNN the script times the search of 2,000 queries against all N points and
 extrapolates; above --exact-budget-s (default 900 s) it skips the exact kNN and says so, and
