@@ -55,14 +55,18 @@ def test_without_cuda_it_says_so_and_exits_0(monkeypatch, tmp_path, capsys):
 
 
 def test_table_and_exit_code(tmp_path, monkeypatch):
-    """--device cpu --skip-training: one row per head and precision plus the clustering row;
-    exit 1 exactly when a row fails."""
+    """--device cpu --skip-training: one row per head and precision, the clustering row and the
+    three rate rows; exit 1 exactly when a row fails."""
     monkeypatch.setattr(gpu_check, "compare_clustering", lambda device: {"identical": 1.0, "ari": 1.0, "clusters": 9.0})
+    real_rates = gpu_check.measure_rates  # full size is a GPU's work: minutes on 2 CPU cores
+    monkeypatch.setattr(gpu_check, "measure_rates", lambda device: real_rates(
+        device, batch=2, size=(64, 32), knn_n=256, dim=64, repeats=1))
     output = tmp_path / "gpu_check.md"
     code = gpu_check.main(["--device", "cpu", "--skip-training", "--output", str(output)])
     text = output.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "check" not in line]
-    assert len(rows) == 2 * len(gpu_check.HEADS) + 1
+    assert len(rows) == 2 * len(gpu_check.HEADS) + 1 + 3
+    assert sum("| measured" in row for row in rows) == 3
     assert code == (1 if "| FAIL" in text else 0)
 
 
