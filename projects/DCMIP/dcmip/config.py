@@ -18,6 +18,11 @@ def add_dcmip_config(cfg):
     # image at 128x64, 96 KiB at 256x128 (MSMT17's 32,621: 3.1 GB). What does not fit is decoded
     # every epoch (logged once). The features are identical either way. 0 = no cache.
     _C.UNSUP.FEATURE_CACHE_MB = 4096
+    # Keep memory the process frees for reuse instead of returning it to the operating system
+    # (glibc's mmap and trim thresholds raised to 1 GiB; dcmip/engine/allocator.py). On the CPU
+    # each layer's activations otherwise cost fresh page faults: the extraction runs ~2.5x and a
+    # training step ~1.15x faster with it, bit-identical. The process keeps its peak heap.
+    _C.UNSUP.CPU_KEEP_FREED_MEMORY = True
     # Log NMI / ARI of the pseudo labels against the true identities when the dataset has them.
     # They are statistics only: true identities never reach the loss.
     _C.UNSUP.LABEL_STATS = True

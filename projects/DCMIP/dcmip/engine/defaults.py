@@ -23,6 +23,7 @@ from ..modeling.ema import TEACHER_BN
 from ..registry import UserInputError, lookup
 from ..sampling import SAMPLER_REGISTRY
 from ..weights import fastreid_imagenet_url, fetch_imagenet_weights
+from .allocator import apply_allocator_config
 from .inference import load_model
 from .schedule import WARMUP_STEPS
 from .selection import check_select_metric
@@ -67,6 +68,7 @@ def setup_run(cfg, args) -> None:
                 + "\n  ".join(config_changes(cfg)))
     seed_all_rng(cfg.UNSUP.SEED)
     logger.info(f"seed {cfg.UNSUP.SEED} (UNSUP.SEED)")
+    apply_allocator_config(cfg)
     if not args.eval_only:
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
 
@@ -115,6 +117,7 @@ def setup_tool_cfg(config_file: str, opts):
     cfg.freeze()
     setup_logger(name="fastreid")
     setup_logger(name="dcmip", abbrev_name="dcmip")
+    apply_allocator_config(cfg)
     return cfg
 
 
