@@ -1,15 +1,13 @@
 """Cluster once under DDP: 2 gloo processes on CPU get the same labels as one process, and the
 sharded kNN search gives the single-process neighbour lists."""
-import socket
-
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dcmip.clustering import (broadcast_labels, cluster_features, cluster_features_distributed, gather_features,
                               knn, sharded_knn)
 from dcmip.clustering.knn import KNN_METHODS, _knn_torch
+from gloo import free_port, gloo_group
 
 N, WORLD = 600, 2
 PARAMS = dict(k1=20, k2=6, eps=0.5, min_samples=4)
@@ -31,9 +29,7 @@ def _shard(rank):
 
 
 def _worker(rank, port, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD)
-    try:
+    with gloo_group(rank, WORLD, port):
         feats = _features()
         indices = _shard(rank)
         everywhere = gather_features(feats[indices], indices, N)
@@ -47,18 +43,10 @@ def _worker(rank, port, out_dir):
         np.savez(f"{out_dir}/rank{rank}.npz", everywhere=everywhere.numpy(), labels=labels,
                  root_is_none=on_root is None, sharded_labels=sharded_labels,
                  **{f"knn_{m}": r for m, r in ranks.items()})
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_gloo_ranks_train_on_identical_labels(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     feats = _features()
     expected = cluster_features(feats, **PARAMS)
     assert expected.max() >= 5  # a real clustering, not all outliers

@@ -20,6 +20,7 @@ from dcmip.memory.composite import check_memory_config
 from dcmip.registry import UserInputError
 from dcmip.sampling import SAMPLER_REGISTRY
 from dcmip.structures import PseudoLabels
+from gloo import free_port, gloo_group
 
 SAMPLER_GROUPS = {name: cls.GROUPS for name, cls in SAMPLER_REGISTRY._obj_map.items()}
 O2CAP = "CameraAwareProxyMemory"
@@ -270,24 +271,21 @@ def test_the_config_check_refuses_the_combination_before_training():
 def _ddp_worker(rank, port, out_dir):
     import os
 
-    import torch.distributed as dist
-
     from dcmip.modeling.meta_arch import _all_gather_batch
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=2, rank=rank)
     torch.set_num_threads(1)
-    head, pseudo = ddp_case()
-    memories = []
-    for raw, batch in batches(pseudo):
-        half = len(raw) // 2
-        rows = slice(rank * half, (rank + 1) * half)
-        local = {k: v[rows] for k, v in batch.items() if torch.is_tensor(v)}
-        local["multiplicity"] = {k: int(torch.bincount(local[k]).max()) for k in ("clusters", "proxies")}
-        # What UnsupervisedReID.update_memory does under DDP: all-gather, then update.
-        head.update(*_all_gather_batch(F.normalize(raw, dim=1)[rows], local))
-        memories.append({k: v.clone() for k, v in head.named_buffers()})
-    torch.save(memories, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    with gloo_group(rank, 2, port):
+        head, pseudo = ddp_case()
+        memories = []
+        for raw, batch in batches(pseudo):
+            half = len(raw) // 2
+            rows = slice(rank * half, (rank + 1) * half)
+            local = {k: v[rows] for k, v in batch.items() if torch.is_tensor(v)}
+            local["multiplicity"] = {k: int(torch.bincount(local[k]).max()) for k in ("clusters", "proxies")}
+            # What UnsupervisedReID.update_memory does under DDP: all-gather, then update.
+            head.update(*_all_gather_batch(F.normalize(raw, dim=1)[rows], local))
+            memories.append({k: v.clone() for k, v in head.named_buffers()})
+        torch.save(memories, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def ddp_case():
@@ -301,14 +299,9 @@ def ddp_case():
 def test_two_processes_update_every_member_as_one_process(tmp_path):
     """Two gloo ranks, each with half of every batch: after every step both hold the memories
     of a single process updating with the whole batch (DCMIP's random instance draws too)."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     head, pseudo = ddp_case()
     for step, (raw, batch) in enumerate(batches(pseudo)):

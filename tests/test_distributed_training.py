@@ -2,7 +2,6 @@
 memories, and the memory update is the single-process update of the global batch in order
 (for DCMIP stage 2, the random instance replacement included: every rank draws the same)."""
 import os
-import socket
 
 import pytest
 import torch
@@ -10,16 +9,11 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from dcmip.structures import PseudoLabels
+from gloo import free_port, gloo_group
 
 WORLD = 2
 STEPS = 3
 GLOBAL_BATCH = 8
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cfg(memory_name, *extra):
@@ -99,42 +93,41 @@ def _train_single_process(cfg, memory_name):
 def _worker(rank, port, memory_name, out_dir):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=WORLD, rank=rank)
     torch.set_num_threads(1)
-    from fastreid.utils import comm
-    from torch.nn.parallel import DistributedDataParallel
+    with gloo_group(rank, WORLD, port):
+        from fastreid.utils import comm
+        from torch.nn.parallel import DistributedDataParallel
 
-    from dcmip.engine.trainer import UnsupervisedTrainer
+        from dcmip.engine.trainer import UnsupervisedTrainer
 
-    comm._LOCAL_PROCESS_GROUP = dist.new_group([0, 1])
-    cfg = _cfg(memory_name)
-    torch.manual_seed(0)  # same initial parameters on every rank
-    model = UnsupervisedTrainer.build_model(cfg)
-    optimizer, _ = UnsupervisedTrainer.build_optimizer(cfg, model)
-    pseudo, batches = _pseudo_and_batches(memory_name)
-    model.memory.reset(pseudo)
-    ddp = DistributedDataParallel(model, broadcast_buffers=False)
-    local = GLOBAL_BATCH // WORLD
-    history = []
-    for rows, batch in batches:
-        sl = slice(rank * local, (rank + 1) * local)
-        losses = ddp({k: v[sl] if torch.is_tensor(v) else v for k, v in batch.items()})
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
-        memory_before = {k: v.clone() for k, v in model.memory.named_buffers()}
-        local_features = model._pending[0].clone()
-        model.update_memory()
-        history.append({"memory_before": memory_before, "features": local_features, "rows": rows,
-                        "memory": {k: v.clone() for k, v in model.memory.named_buffers()},
-                        "params": [p.detach().clone() for p in model.parameters()]})
-    torch.save({"history": history, "pseudo": pseudo}, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+        comm._LOCAL_PROCESS_GROUP = dist.new_group([0, 1])
+        cfg = _cfg(memory_name)
+        torch.manual_seed(0)  # same initial parameters on every rank
+        model = UnsupervisedTrainer.build_model(cfg)
+        optimizer, _ = UnsupervisedTrainer.build_optimizer(cfg, model)
+        pseudo, batches = _pseudo_and_batches(memory_name)
+        model.memory.reset(pseudo)
+        ddp = DistributedDataParallel(model, broadcast_buffers=False)
+        local = GLOBAL_BATCH // WORLD
+        history = []
+        for rows, batch in batches:
+            sl = slice(rank * local, (rank + 1) * local)
+            losses = ddp({k: v[sl] if torch.is_tensor(v) else v for k, v in batch.items()})
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+            memory_before = {k: v.clone() for k, v in model.memory.named_buffers()}
+            local_features = model._pending[0].clone()
+            model.update_memory()
+            history.append({"memory_before": memory_before, "features": local_features, "rows": rows,
+                            "memory": {k: v.clone() for k, v in model.memory.named_buffers()},
+                            "params": [p.detach().clone() for p in model.parameters()]})
+        torch.save({"history": history, "pseudo": pseudo}, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 @pytest.mark.parametrize("memory_name", ["ClusterMemory", "CameraAwareProxyMemory", "DiscrepantProxyMemory"])
 def test_ranks_stay_identical_and_match_single_process_updates(tmp_path, memory_name):
-    mp.spawn(_worker, args=(_free_port(), memory_name, str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), memory_name, str(tmp_path)), nprocs=WORLD, join=True)
     saved = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     ranks = [s["history"] for s in saved]
     for step in range(STEPS):

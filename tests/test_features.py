@@ -2,12 +2,10 @@
 networks and the channels-last forward against fastreid's test loader, on a dozen tiny images of
 different sizes with a randomly initialised MobileNetV2 at 128x64 (the CPU configs)."""
 import logging
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
@@ -21,6 +19,7 @@ from fastreid.data.common import CommDataset
 from fastreid.data.data_utils import read_image
 from fastreid.data.transforms import build_transforms
 
+from gloo import free_port, gloo_group
 from test_tools import CONFIG
 
 N, BATCH = 11, 4  # 3 batches, the last one short
@@ -158,16 +157,9 @@ def test_bad_input_is_named(student, items):
         scaled[0]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank, port, items, state, out_dir):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, 2, port):
         cfg, model = network(1)
         model.load_state_dict(state)
         cache = ImageCache(4096)
@@ -175,13 +167,11 @@ def _worker(rank, port, items, state, out_dir):
         first, later = (extract_features(cfg, model, items, cache=cache) for _ in range(2))
         np.savez(f"{out_dir}/rank{rank}.npz", uncached=uncached.numpy(), first=first.numpy(), later=later.numpy(),
                  cached=torch.cat([i for i, _ in cache.batches]).numpy())
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_gloo_ranks_cache_their_shard_and_gather_every_feature(student, items, tmp_path):
     cfg, model = student
-    mp.spawn(_worker, args=(_free_port(), items, model.state_dict(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), items, model.state_dict(), str(tmp_path)), nprocs=2, join=True)
     single = extract_features(cfg, model, items).numpy()
     for rank, shard in enumerate((range(0, 6), range(6, N))):  # fastreid's InferenceSampler
         out = np.load(tmp_path / f"rank{rank}.npz")
