@@ -330,3 +330,49 @@ def test_real_market_split_ids_and_cameras():
     assert_same(result, *fastreid_metrics(qf[keep], gf, qp[keep], gp, qc[keep], gc)[:3])
     assert 0.05 < result.mAP < 0.95  # neither trivial nor hopeless
     assert ((qp[keep, None] == gp) & (qc[keep, None] == gc)).any()
+
+
+def test_cosine_candidates_include_similarities_that_round_to_the_threshold(monkeypatch):
+    # Candidates are picked on the similarity s; fl(1 - s) can tie the farthest match's distance
+    # for an s just below the match's. Find such a non-match a (s_a < s_b, fl(1 - s_a) ==
+    # fl(1 - s_b)) and put it before the match b in the gallery: the stable rule ranks it first.
+    import dcmip.evaluation.rank as rank_module
+    angles = 1.2661 + torch.arange(4000, dtype=torch.float64) * 1e-9
+    g = F.normalize(torch.stack([torch.cos(angles), torch.sin(angles)], 1).float(), dim=1)
+    s = g[:, 0]  # similarity to the query e1, as the evaluator computes it
+    d = s.neg().add(1)
+    pair = next((i, j) for i in range(len(s)) for j in range(i + 1, min(i + 40, len(s)))
+                if s[j] < s[i] and d[j] == d[i])
+    b, a = pair  # s_a < s_b, equal rounded distances
+    qf = torch.tensor([[1.0, 0.0]])
+    gf = torch.stack([g[a], g[b], torch.tensor([0.0, 1.0])])
+    qp, gp, qc, gc = torch.tensor([1]), torch.tensor([2, 1, 3]), torch.tensor([0]), torch.tensor([1, 1, 1])
+    result = evaluate_rank(qf, gf, qp, gp, qc, gc, max_rank=3)
+    assert result.mAP == 0.5 and list(result.cmc) == [0, 1, 1]
+    assert_same(result, *fastreid_metrics(qf, gf, qp, gp, qc, gc, max_rank=3)[:3])
+    monkeypatch.setattr(rank_module, "_COSINE_MARGIN", 0.0)  # the margin is what makes it right
+    assert evaluate_rank(qf, gf, qp, gp, qc, gc, max_rank=3).mAP == 1.0
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_gallery_major_blocks_give_fastreids_distances(metric):
+    # Gallery-major products (gallery @ query_block.T) are what make the CPU evaluation fast; they
+    # give fastreid's query @ gallery.T up to float32 rounding (bit for bit with MKL on an AMD
+    # EPYC for blocks of ~100 queries or more, which a test cannot promise for every BLAS).
+    from dcmip.evaluation.rank import _Distance
+    qf, gf = torch.randn(256, 512), torch.randn(3000, 512)
+    distance = _Distance(qf, gf, metric)
+    ours = distance.distance(distance.block(0, 256)).t().numpy()
+    expected = build_dist(qf, gf, metric)
+    np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
+
+
+def test_candidates_counted_in_chunks_give_identical_results(monkeypatch):
+    import dcmip.evaluation.rank as rank_module
+    qf, gf, qp, gp, qc, gc = random_case(3, num_q=50)
+    whole = evaluate_rank(qf, gf, qp, gp, qc, gc)
+    monkeypatch.setattr(rank_module, "_CANDIDATE_CHUNK", 7)
+    chunked = evaluate_rank(qf, gf, qp, gp, qc, gc)
+    np.testing.assert_array_equal(chunked.cmc, whole.cmc)
+    np.testing.assert_array_equal(chunked.all_AP, whole.all_AP)
+    np.testing.assert_array_equal(chunked.all_INP, whole.all_INP)

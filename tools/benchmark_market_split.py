@@ -81,7 +81,7 @@ DCMIP: 100 steps × 256 images = 25,600 images (configs/DCMIP/msmt17.yml).
 | kNN, exact on the GPU (blocked matrix products) | 32,621² pairs × d = 2,048: 2.2 TFLOP | tens of TFLOP/s (assumed) | < 1 s |
 | Jaccard + DBSCAN (CPU) | N = 32,621 | measured 1.0 s (O2CAP) / 1.6 s (DCMIP) on 2 cores (docs/benchmarks/clustering.md) | ~1–2 s |
 | training steps | O2CAP 12,800 / DCMIP 25,600 images | ~800 img/s forward + backward (assumed) | ~16 s / ~32 s |
-| evaluation (every 10 epochs) | 93,820 images embedded; 11,659 × 82,161 ranked | ~3,000 img/s (assumed); ranking measured 47 s on 2 CPU cores (docs/benchmarks/evaluation.md), seconds on the GPU | ~35 s, ~3.5 s per epoch amortised |
+| evaluation (every 10 epochs) | 93,820 images embedded; 11,659 × 82,161 ranked | ~3,000 img/s (assumed); ranking measured 25 s on 2 CPU cores (docs/benchmarks/evaluation.md), seconds on the GPU | ~35 s, ~3.5 s per epoch amortised |
 
 So on one GPU an MSMT17 epoch is ~30 s (O2CAP) to ~50 s (DCMIP stage 2), and with these rates
 feature extraction is about a third of it (half for O2CAP): the train set is embedded once per
