@@ -35,6 +35,7 @@ ROWS = {
     "o2cap3": ("configs/O2CAP/market_split/o2cap3.yml", []),
     "o2cap": ("configs/O2CAP/market_split/o2cap.yml", []),
     "dcmip": ("configs/DCMIP/market_split_cpu.yml", []),
+    "dcmip-o2cap": ("configs/DCMIP/o2cap_market_split_cpu.yml", []),
 }
 TWO_CAMERA_ROWS = {
     "zero-shot": ("configs/O2CAP/two_camera_cpu.yml", ["--eval-only"]),
