@@ -50,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from clustering import ROOT, _kib, _reset_peak, machine, synthetic_features  # noqa: E402
 from dcmip.clustering import KNN_METHODS, dbscan, jaccard_distance, knn  # noqa: E402
+from dcmip.clustering.knn import _build_index  # noqa: E402
 
 DIM = 256
 K = 30
@@ -169,6 +170,43 @@ def run_size(n: int, methods, budget_s: float, compare: bool, commit: str) -> li
     return rows
 
 
+def nprobe_sweep(n: int, nprobes, commit: str) -> list:
+    """IVF at size ``n``: recall@K of CALIBRATION_QUERIES sampled queries against their exact
+    neighbours, and the full kNN's search time extrapolated from theirs, per nprobe. One index
+    (as ``knn`` builds it) serves every nprobe, so this costs one build and a few small searches
+    instead of one full kNN per nprobe."""
+    log(f"N = {n:,}: nprobe sweep {list(nprobes)}: generating features, building the IVF index")
+    features, _ = synthetic_features(n, dim=DIM)
+    queries = features[np.sort(np.random.default_rng(0).choice(n, CALIBRATION_QUERIES, replace=False))]
+    exact = faiss.IndexFlatL2(features.shape[1])
+    exact.add(features)
+    _, exact_rank = exact.search(queries, K)
+    del exact
+    start = time.perf_counter()
+    index = _build_index(features, "ivf", None, 16, 32, 64)
+    build_s = time.perf_counter() - start
+    rows = []
+    for nprobe in nprobes:
+        index.nprobe = min(nprobe, index.nlist)
+        start = time.perf_counter()
+        _, rank = index.search(queries, K)
+        search_s = (time.perf_counter() - start) * n / CALIBRATION_QUERIES
+        rows.append(dict(n=n, nlist=int(index.nlist), nprobe=int(index.nprobe), recall=recall(rank, exact_rank),
+                         build_s=build_s, search_s=search_s, load=os.getloadavg()[0], commit=commit))
+        log(f"N = {n:,}: nlist {index.nlist}, nprobe {index.nprobe}: recall@{K} {rows[-1]['recall']:.3f}, "
+            f"full search ~{search_s:,.0f} s (+ {build_s:.0f} s index build)")
+    return rows
+
+
+def sweep_table(rows: list) -> str:
+    rows = sorted(rows, key=lambda r: (r["n"], r["nprobe"]))
+    return tabulate([[f"{r['n']:,}", r["nlist"], r["nprobe"], f"{r['nprobe'] / r['nlist']:.1%}", f"{r['recall']:.3f}",
+                      f"{r['build_s']:.0f}", f"{r['search_s']:,.0f}", f"{r['build_s'] + r['search_s']:,.0f}",
+                      f"{r['load']:.1f}", r["commit"]] for r in rows],
+                    ["N", "nlist", "nprobe", "lists visited", f"recall@{K} (sampled)", "index build s",
+                     "search s (extrapolated)", "kNN s (estimated)", "load", "commit"], tablefmt="github")
+
+
 def table(rows: list) -> str:
     def fmt(row):
         if "skipped" in row:
@@ -186,20 +224,28 @@ def table(rows: list) -> str:
     return tabulate([fmt(r) for r in rows], HEADERS, tablefmt="github")
 
 
-def write_docs(new_rows: list, command: str, output: str) -> str:
-    stored = {}
+def write_docs(new_rows: list, command: str, output: str, new_sweep: list = ()) -> str:
+    stored, sweep = {}, {}
     if os.path.exists(JSON):
         with open(JSON) as f:
-            stored = {(r["n"], r["knn"]): r for r in json.load(f)["rows"]}
+            saved = json.load(f)
+        stored = {(r["n"], r["knn"]): r for r in saved["rows"]}
+        sweep = {(r["n"], r["nprobe"]): r for r in saved.get("nprobe_sweep", [])}
     stored.update({(r["n"], r["knn"]): r for r in new_rows})
+    sweep.update({(r["n"], r["nprobe"]): r for r in new_sweep})
     rows = list(stored.values())
     with open(JSON, "w") as f:
-        json.dump({"rows": rows}, f, indent=1)
+        json.dump({"rows": rows, "nprobe_sweep": list(sweep.values())}, f, indent=1)
     description = __doc__.split("\n", 1)[1].split("Usage::")[0].strip()
     text = (f"{SECTION}\n\nLast run: `{command}`.\n\nMachine: {machine()}.\n\n{description}\n\n"
             f"{table(rows)}\n\nThe \"load\" column is the 1-minute load average after the row "
             f"(2 cores: above 2, other processes took CPU time from it); \"commit\" is the "
             f"code the row was measured with.\n")
+    if sweep:
+        text += (f"\n### IVF: recall against nprobe\n\n`--nprobe-sweep N --nprobes ...`: one IVF index "
+                 f"built as `knn` builds it (nlist = sqrt(N)), then {CALIBRATION_QUERIES:,} sampled "
+                 f"queries searched at each nprobe; recall@{K} against their exact neighbours, and the "
+                 f"full search time extrapolated from theirs.\n\n{sweep_table(list(sweep.values()))}\n")
     head = ""
     if os.path.exists(output):
         with open(output) as f:
@@ -217,10 +263,16 @@ def main():
     parser.add_argument("--compare-size", type=int, default=None,
                         help="also run exact, ivf and hnsw at this N for recall and ARI")
     parser.add_argument("--exact-budget-s", type=float, default=900.0)
+    parser.add_argument("--json", default=JSON, help="where the rows are stored and merged")
+    parser.add_argument("--nprobe-sweep", type=int, nargs="*", default=[],
+                        help="sizes at which to measure IVF recall against nprobe (sampled queries)")
+    parser.add_argument("--nprobes", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=os.path.join(ROOT, "docs", "benchmarks",
                                                          "clustering.md"))
     args = parser.parse_args()
+    global JSON
+    JSON = args.json
     methods = args.knn.split(",")
     unknown = set(methods) - set(KNN_METHODS)
     if unknown:
@@ -235,9 +287,12 @@ def main():
         rows += run_size(args.compare_size, list(KNN_METHODS), float("inf"), True, commit)
     for n in args.sizes:
         rows += run_size(n, methods, args.exact_budget_s, False, commit)
+    sweep = [row for n in args.nprobe_sweep for row in nprobe_sweep(n, args.nprobes, commit)]
     command = ("PYTHONPATH=projects/DCMIP python benchmarks/clustering_scale.py "
                + " ".join(sys.argv[1:])).strip()
-    print(write_docs(rows, command, args.output))
+    print(write_docs(rows, command, args.output, sweep))
+    if sweep:
+        print(sweep_table(sweep))
 
 
 if __name__ == "__main__":

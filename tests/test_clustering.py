@@ -189,6 +189,31 @@ def test_approximate_knn_clusters_like_exact(method):
     assert len(set(approx.tolist()) - {-1}) >= 90  # ~100 identities, not one big cluster
 
 
+def test_knn_options_reach_the_search_through_cluster_features(monkeypatch):
+    """UNSUP.CLUSTER.IVF_NPROBE / HNSW_EF_SEARCH travel as knn_options down to the search: one
+    list visited finds fewer of the exact neighbours than all of them (which is exact), and the
+    labels follow the graph they were given."""
+    x, _ = identity_features(2000, seed=6)
+    exact = knn(x, 10)
+    one, every = knn(x, 10, "ivf", nprobe=1), knn(x, 10, "ivf", nprobe=10 ** 6)
+    assert neighbour_recall(one, exact) < 0.95 and neighbour_recall(every, exact) == 1.0
+    import dcmip.clustering.jaccard as jaccard_module
+    seen = []
+    real = jaccard_module.knn_search
+    monkeypatch.setattr(jaccard_module, "knn_search", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    labels = cluster_features(x, k1=10, k2=1, eps=0.5, knn="ivf", knn_options={"nprobe": 1})
+    assert seen == [{"nprobe": 1}]
+    np.testing.assert_array_equal(labels, cluster_features(x, k1=10, k2=1, eps=0.5, initial_rank=one))
+
+
+@pytest.mark.parametrize("kwargs, message", [({"nprobe": 0}, "IVF_NPROBE"), ({"nprobe": 2.5}, "IVF_NPROBE"),
+                                             ({"ef_search": 0}, "HNSW_EF_SEARCH")])
+def test_knn_refuses_bad_search_options(kwargs, message):
+    x, _ = identity_features(200, seed=1)
+    with pytest.raises(ValueError, match=message):
+        knn(x, 5, "ivf", **kwargs)
+
+
 # ---- bad input -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("features, kwargs, message", [

@@ -79,6 +79,11 @@ def add_dcmip_config(cfg):
     _C.UNSUP.CLUSTER.MIN_SAMPLES = 4
     # kNN search: "exact" (faiss flat index) or "ivf" / "hnsw" (approximate, for very large N).
     _C.UNSUP.CLUSTER.KNN = "exact"
+    # KNN "ivf": inverted lists visited per query, of round(sqrt(N)). 16 keeps recall ~0.9 up to
+    # N ~ 100,000; at larger N raise it (docs/benchmarks/clustering.md, "IVF: recall against nprobe").
+    _C.UNSUP.CLUSTER.IVF_NPROBE = 16
+    # KNN "hnsw": search beam (efSearch); 0 = max(2 K1, 64).
+    _C.UNSUP.CLUSTER.HNSW_EF_SEARCH = 0
     # Features from which the clusters are built: "student" or, in DCMIP stage 2, "teacher".
     _C.UNSUP.CLUSTER.FEATURES = "student"
 

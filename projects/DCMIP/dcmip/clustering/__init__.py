@@ -34,7 +34,7 @@ __all__ = ["knn", "KNN_METHODS", "jaccard_distance", "dbscan", "cluster_features
 
 def cluster_features(features: Union[np.ndarray, torch.Tensor], k1: int = 20, k2: int = 6,
                      eps: float = 0.5, min_samples: int = 4, knn: str = "exact",
-                     initial_rank: Optional[np.ndarray] = None) -> np.ndarray:
+                     initial_rank: Optional[np.ndarray] = None, knn_options: Optional[dict] = None) -> np.ndarray:
     """Pseudo labels of METHODS §1 steps 2-3: Jaccard distance, then DBSCAN.
 
     Args:
@@ -45,6 +45,7 @@ def cluster_features(features: Union[np.ndarray, torch.Tensor], k1: int = 20, k2
         knn: ``"exact"``, ``"ivf"`` or ``"hnsw"`` (see :func:`knn`).
         initial_rank: precomputed kNN of the L2-normalised features (see
             :func:`jaccard_distance`); ``knn`` is then ignored.
+        knn_options: keyword arguments of the kNN search (:func:`knn`: ``nprobe``, ``ef_search``).
 
     Returns:
         (N,) int64 labels, clusters 0..C-1 and -1 for outliers; identical to the authors'
@@ -53,27 +54,28 @@ def cluster_features(features: Union[np.ndarray, torch.Tensor], k1: int = 20, k2
     if not 0 < eps < 1:  # checked before the expensive part
         raise ValueError(f"eps = {eps!r} must be in (0, 1): Jaccard distances lie in [0, 1]")
     with timed("jaccard"):  # the kNN inside it is billed to "knn" (dcmip.timing)
-        distance = jaccard_distance(features, k1, k2, knn=knn, initial_rank=initial_rank,
+        distance = jaccard_distance(features, k1, k2, knn=knn, knn_options=knn_options, initial_rank=initial_rank,
                                     max_distance=eps)  # DBSCAN reads only J <= eps
     with timed("dbscan"):
         return dbscan(distance, eps, min_samples)
 
 
 def cluster_features_distributed(features: torch.Tensor, k1: int = 20, k2: int = 6, eps: float = 0.5,
-                                 min_samples: int = 4, knn: str = "exact") -> np.ndarray:
+                                 min_samples: int = 4, knn: str = "exact",
+                                 knn_options: Optional[dict] = None) -> np.ndarray:
     """:func:`cluster_features` called by every rank with the same full (N, d) features: the
     kNN search is split over the ranks (:func:`sharded_knn`), rank 0 computes the Jaccard
     distance and DBSCAN from the gathered neighbour lists, and its labels are broadcast. The
     labels equal the single-process ones; in a single process this is :func:`cluster_features`.
     """
     if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-        return cluster_features(features, k1, k2, eps, min_samples, knn)
+        return cluster_features(features, k1, k2, eps, min_samples, knn, knn_options=knn_options)
     if not 0 < eps < 1:  # checked on every rank, before the collective search
         raise ValueError(f"eps = {eps!r} must be in (0, 1): Jaccard distances lie in [0, 1]")
     # jaccard_distance searches the L2-normalised features; the shards must search the same.
     normalized = torch.nn.functional.normalize(torch.as_tensor(features).detach().float(), dim=1)
     with timed("knn"):
-        initial_rank = sharded_knn(normalized, k1, knn)
+        initial_rank = sharded_knn(normalized, k1, knn, **(knn_options or {}))
     labels = (cluster_features(features, k1, k2, eps, min_samples, initial_rank=initial_rank)
               if torch.distributed.get_rank() == 0 else None)
     return broadcast_labels(labels, src=0)

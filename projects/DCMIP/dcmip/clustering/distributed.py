@@ -111,22 +111,23 @@ def broadcast_labels(labels: Union[np.ndarray, torch.Tensor, None], src: int = 0
     return values.cpu().numpy()
 
 
-def sharded_knn(features: torch.Tensor, k: int, method: str = "exact") -> np.ndarray:
+def sharded_knn(features: torch.Tensor, k: int, method: str = "exact", **options) -> np.ndarray:
     """:func:`dcmip.clustering.knn.knn` of all N points, split over the ranks.
 
     Every rank passes the same (N, d) features; rank r searches the queries
     ``[r N / W, (r + 1) N / W)`` against all of them and the (N, k) int64 result, identical to
     the single-process ``knn(features, k, method)``, is returned on every rank. For ``ivf`` and
     ``hnsw`` every rank builds the same deterministic index, so only the search is divided.
+    ``options`` go to ``knn`` (e.g. ``nprobe``).
     """
     from .knn import knn
 
     n = int(features.shape[0])
     if not _distributed():
-        return knn(features, k, method)
+        return knn(features, k, method, **options)
     world, rank = dist.get_world_size(), dist.get_rank()
     bounds = [n * r // world for r in range(world + 1)]
-    local = torch.from_numpy(knn(features, k, method, rows=slice(bounds[rank], bounds[rank + 1])))
+    local = torch.from_numpy(knn(features, k, method, rows=slice(bounds[rank], bounds[rank + 1]), **options))
     device = _comm_device()
     # Collectives need equal shapes: pad every shard to the largest one.
     width = max(b - a for a, b in zip(bounds, bounds[1:]))

@@ -42,6 +42,7 @@ def half_k(k1: int) -> int:
 
 
 def jaccard_distance(features: ArrayLike, k1: int = 20, k2: int = 6, *, knn: str = "exact",
+                     knn_options: Optional[dict] = None,
                      initial_rank: Optional[np.ndarray] = None,
                      max_distance: Optional[float] = None) -> sp.csr_matrix:
     """k-reciprocal Jaccard distances between all points, as a sparse matrix.
@@ -68,6 +69,7 @@ def jaccard_distance(features: ArrayLike, k1: int = 20, k2: int = 6, *, knn: str
         k2: query-expansion size, ``1 <= k2 <= k1`` (1 disables it).
         knn: kNN method for ``initial_rank``: ``"exact"``, ``"ivf"`` or ``"hnsw"``
             (see :func:`dcmip.clustering.knn.knn`).
+        knn_options: keyword arguments of that search, e.g. ``{"nprobe": 64}`` (IVF).
         initial_rank: optional precomputed (N, >= k1) kNN indices, column 0 the point itself
             (e.g. from :func:`knn`); only its first ``k1`` columns are used and ``knn`` is
             ignored. Lets callers time or share the kNN separately.
@@ -104,7 +106,7 @@ def jaccard_distance(features: ArrayLike, k1: int = 20, k2: int = 6, *, knn: str
     x = torch.nn.functional.normalize(torch.as_tensor(features).detach().float(), dim=1)
     if initial_rank is None:
         with timed("knn"):
-            rank = knn_search(x, k1, knn).astype(_index_dtype(n))
+            rank = knn_search(x, k1, knn, **(knn_options or {})).astype(_index_dtype(n))
     else:
         rank = _check_initial_rank(initial_rank, n, k1)
     x = x.cpu()

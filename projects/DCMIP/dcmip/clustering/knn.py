@@ -37,7 +37,9 @@ def knn(features: ArrayLike, k: int, method: str = "exact", *, nlist: Optional[i
         method: ``"exact"``, ``"ivf"`` or ``"hnsw"`` (see the module docstring).
         nlist: IVF inverted lists; default ``round(sqrt(N))``, at most ``N // 39`` so that
             k-means gets the 39 training points per centroid faiss asks for.
-        nprobe: IVF lists visited per query.
+        nprobe: IVF lists visited per query (``UNSUP.CLUSTER.IVF_NPROBE``). At a fixed nprobe
+            the share of lists visited falls as N grows, and so does the recall: see
+            docs/benchmarks/clustering.md, "IVF: recall against nprobe".
         hnsw_m: HNSW graph degree.
         ef_search: HNSW search beam; default ``max(2k, 64)``.
         rows: search only the queries ``features[rows]`` (a slice with step 1) against all
@@ -61,6 +63,9 @@ def knn(features: ArrayLike, k: int, method: str = "exact", *, nlist: Optional[i
                          "neighbours (k1) or more points")
     if method not in KNN_METHODS:
         raise ValueError(f"unknown kNN method {method!r}; choose one of {KNN_METHODS}")
+    for name, value, key in (("nprobe", nprobe, "IVF_NPROBE"), ("ef_search", ef_search, "HNSW_EF_SEARCH")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{name} = {value!r} must be a positive integer (UNSUP.CLUSTER.{key})")
     k = int(k)
     start, stop, step = (rows or slice(None)).indices(n)
     if step != 1:

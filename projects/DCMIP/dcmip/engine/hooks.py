@@ -84,7 +84,8 @@ class ClusteringHook(HookBase):
         start = time.perf_counter()
         c = cfg.UNSUP.CLUSTER
         labels = torch.from_numpy(cluster_features_distributed(
-            source, k1=c.K1, k2=c.K2, eps=c.EPS, min_samples=c.MIN_SAMPLES, knn=c.KNN)).long()
+            source, k1=c.K1, k2=c.K2, eps=c.EPS, min_samples=c.MIN_SAMPLES, knn=c.KNN,
+            knn_options=dict(nprobe=c.IVF_NPROBE, ef_search=c.HNSW_EF_SEARCH or None))).long()
         cluster_time = time.perf_counter() - start
 
         self.pseudo = self._pseudo_labels(epoch, labels, features, teacher_features)
