@@ -256,6 +256,7 @@ def write_docs(new_rows: list, command: str, output: str, new_sweep: list = ()) 
 
 
 def main():
+    global JSON
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[250000, 500000, 1000000])
     parser.add_argument("--knn", default="exact,ivf,hnsw",
@@ -271,7 +272,6 @@ def main():
     parser.add_argument("--output", default=os.path.join(ROOT, "docs", "benchmarks",
                                                          "clustering.md"))
     args = parser.parse_args()
-    global JSON
     JSON = args.json
     methods = args.knn.split(",")
     unknown = set(methods) - set(KNN_METHODS)
