@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -209,6 +210,20 @@ def fill_ranks(evals, tables):
     return evals
 
 
+def student_table(log_path, tables):
+    """The metrics of the student's last stage-2 evaluation: the log table whose mAP is the
+    one of the last "student mAP X, teacher mAP Y" line; None without such a line."""
+    student = None
+    if os.path.isfile(log_path):
+        with open(log_path) as f:
+            for line in f:
+                match = re.search(r"student mAP ([0-9.]+), teacher mAP", line)
+                if match:
+                    student = float(match.group(1))
+    matches = [t for t in tables if student is not None and abs(t["mAP"] - student) < 0.006]
+    return {k: matches[-1].get(k) for k in METRICS} if matches else None
+
+
 def row_results(out_root, row, ims_per_batch, iters, stage1_epochs=None):
     """[(label, {metric: value}, extra)] for one saved row."""
     path = os.path.join(out_root, row)
@@ -237,7 +252,10 @@ def row_results(out_root, row, ims_per_batch, iters, stage1_epochs=None):
         out.append((f"{name} stage 1 (best)", {k: best.get(k) for k in METRICS}, extra))
     if s2:
         last = s2[-1]
-        out.append((f"{name} stage 2 student", {k: last.get(k) for k in METRICS}, extra))
+        # In stage 2 metrics.json's plain keys hold model_best's candidate (the better of
+        # student and teacher); the student's own figures are in the log.
+        student = student_table(os.path.join(path, "log.txt"), tables)
+        out.append((f"{name} stage 2 student", student or {k: last.get(k) for k in METRICS}, extra))
         tl = [r for r in s2 if "teacher/mAP" in r]
         if tl:
             out.append((f"{name} stage 2 teacher", {k: tl[-1].get("teacher/" + k) for k in METRICS}, extra))
