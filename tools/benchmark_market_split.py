@@ -210,16 +210,19 @@ def fill_ranks(evals, tables):
     return evals
 
 
+def student_maps(log_path):
+    """The student's mAP at every stage-2 evaluation, in order, from the log's "student mAP X,
+    teacher mAP Y" lines (metrics.json's plain keys hold model_best's candidate there)."""
+    if not os.path.isfile(log_path):
+        return []
+    with open(log_path) as f:
+        return [float(m.group(1)) for m in (re.search(r"student mAP ([0-9.]+), teacher mAP", line) for line in f) if m]
+
+
 def student_table(log_path, tables):
     """The metrics of the student's last stage-2 evaluation: the log table whose mAP is the
     one of the last "student mAP X, teacher mAP Y" line; None without such a line."""
-    student = None
-    if os.path.isfile(log_path):
-        with open(log_path) as f:
-            for line in f:
-                match = re.search(r"student mAP ([0-9.]+), teacher mAP", line)
-                if match:
-                    student = float(match.group(1))
+    student = (student_maps(log_path) or [None])[-1]
     matches = [t for t in tables if student is not None and abs(t["mAP"] - student) < 0.006]
     return {k: matches[-1].get(k) for k in METRICS} if matches else None
 
@@ -255,6 +258,8 @@ def row_results(out_root, row, ims_per_batch, iters, stage1_epochs=None):
         # In stage 2 metrics.json's plain keys hold model_best's candidate (the better of
         # student and teacher); the student's own figures are in the log.
         student = student_table(os.path.join(path, "log.txt"), tables)
+        if student and abs(last["mAP"] - student["mAP"]) < 0.006:
+            student = None  # the student was the candidate: metrics.json has it unrounded
         out.append((f"{name} stage 2 student", student or {k: last.get(k) for k in METRICS}, extra))
         tl = [r for r in s2 if "teacher/mAP" in r]
         if tl:
@@ -262,7 +267,7 @@ def row_results(out_root, row, ims_per_batch, iters, stage1_epochs=None):
     return rec, records, out or [(name, {}, extra)]
 
 
-def plot(records, iters, path, title, zero_shot_map=None):
+def plot(records, iters, path, title, zero_shot_map=None, stage2_student=()):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -271,6 +276,11 @@ def plot(records, iters, path, title, zero_shot_map=None):
     names = ("mAP (%)", "clusters", "train images in a cluster", "pseudo-label NMI")
     for ax, key, name in zip(axes, keys, names):
         pts = [(r.get("iteration", 0) / iters, r[key]) for r in records if key in r]
+        if key == "mAP" and stage2_student:
+            # Stage-2 points: the student's own mAP, not model_best's candidate.
+            student = iter(stage2_student)
+            pts = [(x, next(student, y) if "teacher/mAP" in r else y)
+                   for (x, y), r in zip(pts, [r for r in records if key in r])]
         if key == "mAP":
             tp = [(r.get("iteration", 0) / iters, r["teacher/mAP"]) for r in records if "teacher/mAP" in r]
             if tp:
@@ -388,7 +398,8 @@ def assemble(protocol, out_root, doc, profile_doc=None):
             png = os.path.join(doc_dir, f"{stem}-{row}.png")
             ex = results[0][2]
             plot(records, iters, png, f"{LABELS.get(row, row)} on {dataset}: "
-                 f"{fmt(ex['img_s'])} img/s training throughput (IMS_PER_BATCH / mean step time)", zero_shot_map)
+                 f"{fmt(ex['img_s'])} img/s training throughput (IMS_PER_BATCH / mean step time)", zero_shot_map,
+                 student_maps(os.path.join(out_root, row, "log.txt")) if row in TWO_STAGE else ())
             images.append((row, os.path.basename(png)))
     text = [f"# Market-1501 split ({dataset}) on CPU", "",
             "ImageNet MobileNetV2, 128×64 input, fp32, a budget of at most 15 minutes per method on 2 cores "
