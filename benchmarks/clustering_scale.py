@@ -132,11 +132,19 @@ def recall(approx: np.ndarray, exact: np.ndarray) -> float:
     return hits / exact.size
 
 
+def sampled_exact_neighbours(features: np.ndarray):
+    """CALIBRATION_QUERIES sampled query indices (fixed seed) and their exact K neighbours
+    against all N points: one flat search, the reference of the sampled recalls."""
+    sample = np.sort(np.random.default_rng(0).choice(features.shape[0], CALIBRATION_QUERIES, replace=False))
+    flat = faiss.IndexFlatL2(features.shape[1])
+    flat.add(features)
+    return sample, flat.search(features[sample], K)[1]
+
+
 def run_size(n: int, methods, budget_s: float, compare: bool, commit: str) -> list:
     log(f"N = {n:,}: generating {n:,} x {DIM} features ({n * DIM * 4 / 2 ** 30:.2f} GiB)")
     features, _ = synthetic_features(n, dim=DIM)
-    rows, exact_rank, exact_labels = [], None, None
-    sample, sample_exact = np.sort(np.random.default_rng(0).choice(n, CALIBRATION_QUERIES, replace=False)), None
+    rows, exact_rank, exact_labels, sampled = [], None, None, None
     for method in methods:
         if method == "exact":
             estimate = exact_estimate(features)
@@ -159,13 +167,10 @@ def run_size(n: int, methods, budget_s: float, compare: bool, commit: str) -> li
         if method == "exact":
             exact_rank, exact_labels = rank, labels
         elif exact_rank is None:
-            # No exact graph at this size: the recall of sampled queries, against their exact
-            # neighbours (one flat search of CALIBRATION_QUERIES queries).
-            if sample_exact is None:
-                flat = faiss.IndexFlatL2(features.shape[1])
-                flat.add(features)
-                sample_exact = flat.search(features[sample], K)[1]
-                del flat
+            # No exact graph at this size: the recall of sampled queries.
+            if sampled is None:
+                sampled = sampled_exact_neighbours(features)
+            sample, sample_exact = sampled
             row["recall_sampled"] = recall(rank[sample], sample_exact)
         elif compare:
             row["recall"] = recall(rank, exact_rank)
@@ -189,11 +194,8 @@ def nprobe_sweep(n: int, nprobes, commit: str) -> list:
     instead of one full kNN per nprobe."""
     log(f"N = {n:,}: nprobe sweep {list(nprobes)}: generating features, building the IVF index")
     features, _ = synthetic_features(n, dim=DIM)
-    queries = features[np.sort(np.random.default_rng(0).choice(n, CALIBRATION_QUERIES, replace=False))]
-    exact = faiss.IndexFlatL2(features.shape[1])
-    exact.add(features)
-    _, exact_rank = exact.search(queries, K)
-    del exact
+    sample, exact_rank = sampled_exact_neighbours(features)
+    queries = features[sample]
     start = time.perf_counter()
     index = _build_index(features, "ivf", None, 16, 32, 64)
     build_s = time.perf_counter() - start
