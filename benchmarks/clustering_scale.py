@@ -97,10 +97,14 @@ def approx_estimate(n: int, method: str) -> str:
             f"{ref['knn_s']:.0f} s at N = {ref['n']:,} (time ~ N^{GROWTH[method]})")
 
 
-def timed_knn(features: np.ndarray, method: str):
+def timed_knn(features: np.ndarray, method: str, device: str = "cpu"):
     base = _reset_peak()
     start = time.perf_counter()
-    rank = knn(features, K, method)
+    if device != "cpu" and method == "exact":
+        # As the trainer on a GPU: the features on the device, blocked matrix products there.
+        rank = knn(torch.from_numpy(features).to(device), K, method)
+    else:
+        rank = knn(features, K, method)
     seconds = time.perf_counter() - start
     return rank, seconds, _kib("VmHWM") / 2 ** 20, base
 
@@ -127,8 +131,13 @@ def singletons(labels: np.ndarray) -> np.ndarray:
 
 
 def recall(approx: np.ndarray, exact: np.ndarray) -> float:
-    """Fraction of the exact k neighbours (the point itself included) found by ``approx``."""
-    hits = sum(np.intersect1d(a, e, assume_unique=True).shape[0] for a, e in zip(approx, exact))
+    """Fraction of the exact k neighbours (the point itself included) found by ``approx``.
+    Each row holds distinct indices, so a neighbour found by both appears twice in the row's
+    sorted concatenation, next to itself."""
+    hits = 0
+    for start in range(0, exact.shape[0], 65536):  # bounded temporaries at N = 1,000,000
+        both = np.sort(np.concatenate([approx[start:start + 65536], exact[start:start + 65536]], axis=1), axis=1)
+        hits += int((both[:, 1:] == both[:, :-1]).sum())
     return hits / exact.size
 
 
@@ -141,12 +150,15 @@ def sampled_exact_neighbours(features: np.ndarray):
     return sample, flat.search(features[sample], K)[1]
 
 
-def run_size(n: int, methods, budget_s: float, compare: bool, commit: str) -> list:
+def run_size(n: int, methods, budget_s: float, compare: bool, commit: str, device: str = "cpu",
+             host: str = "") -> list:
     log(f"N = {n:,}: generating {n:,} x {DIM} features ({n * DIM * 4 / 2 ** 30:.2f} GiB)")
     features, _ = synthetic_features(n, dim=DIM)
     rows, exact_rank, exact_labels, sampled = [], None, None, None
     for method in methods:
-        if method == "exact":
+        if method == "exact" and device != "cpu":
+            log(f"N = {n:,}: exact kNN on {device} (blocked matrix products)")
+        elif method == "exact":
             estimate = exact_estimate(features)
             log(f"N = {n:,}: exact kNN estimated at {estimate:,.0f} s (2 N^2 d = "
                 f"{2 * n * n * DIM:.1e} flops, extrapolated from {CALIBRATION_QUERIES:,} queries)")
@@ -157,13 +169,17 @@ def run_size(n: int, methods, budget_s: float, compare: bool, commit: str) -> li
                 continue
         else:
             log(f"N = {n:,}: {method} kNN (index build + search){approx_estimate(n, method)}")
-        rank, knn_s, knn_peak, _ = timed_knn(features, method)
+        rank, knn_s, knn_peak, _ = timed_knn(features, method, device)
         log(f"N = {n:,}: {method} kNN {knn_s:.1f} s, peak {knn_peak:.2f} GiB; post-kNN ...")
         labels, jac_s, db_s, post_peak = post_knn(features, rank)
         row = dict(n=n, knn=method, knn_s=knn_s, knn_peak=knn_peak, jaccard_s=jac_s,
                    dbscan_s=db_s, post_peak=post_peak, clusters=int(labels.max() + 1),
                    outliers=float((labels == -1).mean()), load=os.getloadavg()[0],
                    commit=commit)
+        if host:
+            row["host"] = host
+        if device != "cpu" and method == "exact":
+            row["device"] = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
         if method == "exact":
             exact_rank, exact_labels = rank, labels
         elif exact_rank is None:
@@ -221,11 +237,17 @@ def sweep_table(rows: list) -> str:
                      "search s (extrapolated)", "kNN s (estimated)", "load", "commit"], tablefmt="github")
 
 
+def _method(row: dict) -> str:
+    where = [row["device"]] if "device" in row else []
+    where += [row["host"]] if "host" in row else []
+    return row["knn"] + (f" ({'; '.join(where)})" if where else "")
+
+
 def table(rows: list) -> str:
     def fmt(row):
         if "skipped" in row:
-            return [f"{row['n']:,}", row["knn"], f"skipped ({row['skipped']})"] + [""] * 12
-        return [f"{row['n']:,}", row["knn"], f"{row['knn_s']:.1f}", f"{row['knn_peak']:.2f}",
+            return [f"{row['n']:,}", _method(row), f"skipped ({row['skipped']})"] + [""] * 12
+        return [f"{row['n']:,}", _method(row), f"{row['knn_s']:.1f}", f"{row['knn_peak']:.2f}",
                 f"{row['jaccard_s']:.1f}", f"{row['dbscan_s']:.1f}",
                 f"{row['jaccard_s'] + row['dbscan_s']:.1f}", f"{row['post_peak']:.2f}",
                 row["clusters"], f"{row['outliers']:.1%}",
@@ -235,8 +257,14 @@ def table(rows: list) -> str:
                 f"{row['ari_grouped']:.4f}" if "ari_grouped" in row else "",
                 f"{row['load']:.1f}", row["commit"]]
     order = {m: i for i, m in enumerate(KNN_METHODS)}
-    rows = sorted(rows, key=lambda r: (r["n"], order[r["knn"]]))
+    rows = sorted(rows, key=lambda r: (r["n"], r.get("host", ""), order[r["knn"]]))
     return tabulate([fmt(r) for r in rows], HEADERS, tablefmt="github")
+
+
+def _key(row: dict) -> tuple:
+    """Rows are stored per size, method and machine (rows from another machine are kept beside
+    this one's, not over them)."""
+    return row["n"], row["knn"], row.get("host", "")
 
 
 def write_docs(new_rows: list, command: str, output: str, new_sweep: list = ()) -> str:
@@ -244,9 +272,9 @@ def write_docs(new_rows: list, command: str, output: str, new_sweep: list = ()) 
     if os.path.exists(JSON):
         with open(JSON) as f:
             saved = json.load(f)
-        stored = {(r["n"], r["knn"]): r for r in saved["rows"]}
+        stored = {_key(r): r for r in saved["rows"]}
         sweep = {(r["n"], r["nprobe"]): r for r in saved.get("nprobe_sweep", [])}
-    stored.update({(r["n"], r["knn"]): r for r in new_rows})
+    stored.update({_key(r): r for r in new_rows})
     sweep.update({(r["n"], r["nprobe"]): r for r in new_sweep})
     rows = list(stored.values())
     with open(JSON, "w") as f:
@@ -275,8 +303,8 @@ def main():
     global JSON
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[250000, 500000, 1000000])
-    parser.add_argument("--knn", default="exact,ivf,hnsw",
-                        help="comma-separated kNN methods, of " + ", ".join(KNN_METHODS))
+    parser.add_argument("--knn", default=None,
+                        help="comma-separated kNN methods, of " + ", ".join(KNN_METHODS) + " (default all)")
     parser.add_argument("--compare-size", type=int, default=None,
                         help="also run exact, ivf and hnsw at this N for recall and ARI")
     parser.add_argument("--exact-budget-s", type=float, default=900.0)
@@ -285,24 +313,41 @@ def main():
                         help="sizes at which to measure IVF recall against nprobe (sampled queries)")
     parser.add_argument("--nprobes", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu",
+                        help="where the exact kNN runs (e.g. cuda: blocked matrix products on the GPU)")
+    parser.add_argument("--host", default="",
+                        help="name of a machine other than the 2-core one the stored rows come from; "
+                             "its rows are stored beside those (e.g. 'H200 machine, 16 cores')")
+    parser.add_argument("--merge", nargs="+", default=[],
+                        help="JSON files of another run (e.g. from the GPU machine) to merge into "
+                             "--json, then rewrite the docs; nothing is measured")
     parser.add_argument("--output", default=os.path.join(ROOT, "docs", "benchmarks",
                                                          "clustering.md"))
     args = parser.parse_args()
     JSON = args.json
-    methods = args.knn.split(",")
+    methods = args.knn.split(",") if args.knn else list(KNN_METHODS)
     unknown = set(methods) - set(KNN_METHODS)
     if unknown:
         parser.error(f"unknown --knn {sorted(unknown)}; choose from {KNN_METHODS}")
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip() or "unknown"
+                            capture_output=True, text=True).stdout.strip() or os.environ.get("DCMIP_COMMIT", "unknown")
     log(f"load average {os.getloadavg()[0]:.1f} at start; commit {commit}")
     rows = []
+    if args.merge:
+        for path in args.merge:
+            with open(path) as f:
+                rows += json.load(f)["rows"]
+        command = "PYTHONPATH=projects/DCMIP python benchmarks/clustering_scale.py " + " ".join(sys.argv[1:])
+        print(write_docs(rows, command, args.output))
+        return
     if args.compare_size:
-        rows += run_size(args.compare_size, list(KNN_METHODS), float("inf"), True, commit)
+        # The exact graph first: the approximate ones are compared with it.
+        compared = ["exact"] + [m for m in methods if m != "exact"]
+        rows += run_size(args.compare_size, compared, float("inf"), True, commit, args.device, args.host)
     for n in args.sizes:
-        rows += run_size(n, methods, args.exact_budget_s, False, commit)
+        rows += run_size(n, methods, args.exact_budget_s, False, commit, args.device, args.host)
     sweep = [row for n in args.nprobe_sweep for row in nprobe_sweep(n, args.nprobes, commit)]
     command = ("PYTHONPATH=projects/DCMIP python benchmarks/clustering_scale.py "
                + " ".join(sys.argv[1:])).strip()
