@@ -331,8 +331,8 @@ def main():
         parser.error(f"unknown --knn {sorted(unknown)}; choose from {KNN_METHODS}")
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip() or os.environ.get("DCMIP_COMMIT", "unknown")
+    commit = os.environ.get("DCMIP_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip() or "unknown"
     log(f"load average {os.getloadavg()[0]:.1f} at start; commit {commit}")
     rows = []
     if args.merge:

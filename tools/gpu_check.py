@@ -315,8 +315,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.skip_training:
         rows += training_rows(args.device, args.timeout)
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip() or os.environ.get("DCMIP_COMMIT", "unknown")
+    commit = os.environ.get("DCMIP_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip() or "unknown"
     header = (f"# GPU check\n\n`make gpu-check` (`python tools/gpu_check.py`) at commit {commit}: {args.device} "
               f"({name}) against the CPU, torch {torch.__version__}, {time.time() - start:.0f} s, load average "
               f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}.\n\n")
