@@ -36,7 +36,6 @@ import argparse
 import gc
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -51,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clustering import ROOT, _kib, _reset_peak, machine, synthetic_features  # noqa: E402
 from dcmip.clustering import KNN_METHODS, dbscan, jaccard_distance, knn  # noqa: E402
 from dcmip.clustering.knn import _build_index  # noqa: E402
+from dcmip import provenance  # noqa: E402
 
 DIM = 256
 K = 30
@@ -331,8 +331,7 @@ def main():
         parser.error(f"unknown --knn {sorted(unknown)}; choose from {KNN_METHODS}")
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
-    commit = os.environ.get("DCMIP_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip() or "unknown"
+    commit = provenance.commit()
     log(f"load average {os.getloadavg()[0]:.1f} at start; commit {commit}")
     rows = []
     if args.merge:

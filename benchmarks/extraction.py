@@ -38,6 +38,7 @@ from dcmip.engine.defaults import setup_tool_cfg  # noqa: E402
 from dcmip.engine.features import ImageCache, extract_features, extract_many  # noqa: E402
 from dcmip.engine.inference import load_model  # noqa: E402
 from dcmip.registry import DatasetNotFoundError  # noqa: E402
+from dcmip import provenance  # noqa: E402
 from fastreid.data.build import build_reid_test_loader  # noqa: E402
 from fastreid.data.common import CommDataset  # noqa: E402
 from fastreid.data.data_utils import read_image  # noqa: E402
@@ -176,8 +177,7 @@ def main():
 
 
 def write_report(args, rows, headers, breakdown, n, m, workers, load_start, load_end, speedup):
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = provenance.commit()
     command = ("python benchmarks/extraction.py" + (f" --num-images {args.num_images}" if args.num_images else "")
                + f" --breakdown-images {args.breakdown_images} --rounds {args.rounds}")
     text = f"""# Feature extraction over the train set on the CPU

@@ -1,6 +1,7 @@
 """tools/gpu_check.py without a GPU: its comparisons run CPU against CPU, and without CUDA
 the script says so and exits 0."""
 import importlib.util
+import json
 import os
 
 import pytest
@@ -56,22 +57,27 @@ def test_without_cuda_it_says_so_and_exits_0(monkeypatch, tmp_path, capsys):
 
 def test_table_and_exit_code(tmp_path, monkeypatch):
     """--device cpu --skip-training: one row per head and precision, the clustering row and the
-    three rate rows; exit 1 exactly when a row fails."""
+    four rate rows, the rates stored as JSON; exit 1 exactly when a row fails."""
     monkeypatch.setattr(gpu_check, "compare_clustering", lambda device: {"identical": 1.0, "ari": 1.0, "clusters": 9.0})
     real_rates = gpu_check.measure_rates  # full size is a GPU's work: minutes on 2 CPU cores
     monkeypatch.setattr(gpu_check, "measure_rates", lambda device: real_rates(
         device, batch=2, size=(64, 32), knn_n=256, dim=64, repeats=1))
     output = tmp_path / "gpu_check.md"
-    code = gpu_check.main(["--device", "cpu", "--skip-training", "--output", str(output)])
+    rates = tmp_path / "gpu_rates.json"
+    code = gpu_check.main(["--device", "cpu", "--skip-training", "--output", str(output), "--rates", str(rates)])
     text = output.read_text()
+    stored = json.loads(rates.read_text())
+    assert set(stored["rates"]) == {"embed_img_s", "train_img_s", "train_fp32_img_s", "knn_tflops_fp32",
+                                    "knn_tflops_fp16"}
+    assert f"{stored['rates']['train_fp32_img_s']:,.0f} img/s" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "check" not in line]
-    assert len(rows) == 2 * len(gpu_check.HEADS) + 1 + 3
-    assert sum("| measured" in row for row in rows) == 3
+    assert len(rows) == 2 * len(gpu_check.HEADS) + 1 + 4
+    assert sum("| measured" in row for row in rows) == 4
     assert code == (1 if "| FAIL" in text else 0)
 
 
 def test_rates_are_measured_on_a_small_cpu_case():
     """The rate measurements run (here tiny, on the CPU) and give positive finite numbers."""
     rates = gpu_check.measure_rates("cpu", batch=2, size=(64, 32), knn_n=256, dim=64, repeats=1)
-    assert set(rates) == {"embed_img_s", "train_img_s", "knn_tflops_fp32", "knn_tflops_fp16"}
+    assert set(rates) == {"embed_img_s", "train_img_s", "train_fp32_img_s", "knn_tflops_fp32", "knn_tflops_fp16"}
     assert all(0 < v < float("inf") for v in rates.values())

@@ -26,6 +26,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "projects", "DCMIP"))
+from dcmip import provenance  # noqa: E402
 
 ROWS = {
     # row: (config, extra args)
@@ -64,40 +65,98 @@ SMOKE_DCMIP = ["SOLVER.MAX_EPOCH", "2", "UNSUP.DCMIP.STAGE1_EPOCHS", "1", "UNSUP
 METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10")
 
 
-# The arithmetic for MSMT17 (32,621 train images: list_train + list_val; 11,659 query x 82,161
-# gallery) on one GPU. The CPU-side parts are measured (docs/benchmarks/clustering.md,
-# docs/benchmarks/evaluation.md); the GPU rates are stated assumptions until `make gpu-check`
-# measures them on a lent GPU (none so far).
-GPU_ARITHMETIC = """## MSMT17 on one GPU: the arithmetic
-
-No GPU has run this project's benchmarks yet, so the GPU rates below are **assumptions**: typical
-figures for ResNet-50 at 256×128 in fp16 on a current data-centre GPU, with 8 or more loader
-workers. The CPU-side figures are measured. Per epoch, the published configs train
-O2CAP: 400 steps × 32 images = 12,800 images (configs/O2CAP/msmt17.yml), and
-DCMIP: 100 steps × 256 images = 25,600 images (configs/DCMIP/msmt17.yml).
-
-| Part | Work per epoch | Rate | Cost per epoch |
-|---|---|---|---|
-| features | 32,621 train images (list_train + list_val) | ~3,000 img/s (assumed; JPEG decoding in the loader often bounds it) | ~11 s |
-| features, DCMIP stage 2 | student + teacher, one pass over the loader | ~2,000 img/s per pair (assumed) | ~16 s |
-| kNN, exact on the GPU (blocked matrix products) | 32,621² pairs × d = 2,048: 2.2 TFLOP | tens of TFLOP/s (assumed) | < 1 s |
-| Jaccard + DBSCAN (CPU) | N = 32,621 | measured 1.0 s (O2CAP) / 1.6 s (DCMIP) on 2 cores (docs/benchmarks/clustering.md) | ~1–2 s |
-| training steps | O2CAP 12,800 / DCMIP 25,600 images | ~800 img/s forward + backward (assumed) | ~16 s / ~32 s |
-| evaluation (every 10 epochs) | 93,820 images embedded; 11,659 × 82,161 ranked | ~3,000 img/s (assumed); ranking measured 25 s on 2 CPU cores (docs/benchmarks/evaluation.md), seconds on the GPU | ~35 s, ~3.5 s per epoch amortised |
-
-So on one GPU an MSMT17 epoch is ~30 s (O2CAP) to ~50 s (DCMIP stage 2), and with these rates
-feature extraction is about a third of it (half for O2CAP): the train set is embedded once per
-epoch while the configs train on fewer images than it holds (12,800 or 25,600 < 32,621). The
-clustering step stays a few percent until N reaches hundreds of thousands of images, where the
-kNN (N²) takes over (docs/clustering.md). On a lent GPU, replace the assumed rates by measured ones.
-"""
+GPU_RATES = os.path.join(ROOT, "docs", "benchmarks", "gpu_rates.json")
+# MSMT17 as the published configs train it: list_train + list_val, 11,659 query x 82,161 gallery.
+MSMT17_TRAIN, MSMT17_TEST, FEATURE_DIM = 32621, 11659 + 82161, 2048
+# Measured on the CPU, cited (docs/benchmarks/clustering.md: N = 32,621 on 2 cores) and on the
+# H200 (docs/benchmarks/evaluation_gpu.md: the MSMT17-size ranking).
+POST_KNN_S = {"O2CAP": 1.0, "DCMIP": 1.6}
+RANKING_GPU_S = 0.2
 
 
-def commit():
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
-    except Exception:
-        return "unknown"
+def published_work(config):
+    """(images trained per epoch, mixed precision, evaluation period) of a published config."""
+    from fastreid.config import get_cfg
+    from dcmip.config import add_dcmip_config
+
+    cfg = get_cfg()
+    add_dcmip_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, config))
+    return cfg.UNSUP.ITERS * cfg.SOLVER.IMS_PER_BATCH, bool(cfg.SOLVER.AMP.ENABLED), cfg.TEST.EVAL_PERIOD
+
+
+def gpu_arithmetic(path=GPU_RATES):
+    """epoch.md's "MSMT17 on one GPU" section: each part of an epoch from the per-image rates
+    `make gpu-check` stored in ``path`` (tools/gpu_check.py), with the work per epoch the
+    published configs give (configs/O2CAP/msmt17.yml: 400 steps x 32 images in fp32,
+    configs/DCMIP/msmt17.yml: 100 x 256 under AMP)."""
+    (o2cap_images, o2cap_amp, o2cap_period), (dcmip_images, dcmip_amp, dcmip_period) = (
+        published_work("configs/O2CAP/msmt17.yml"), published_work("configs/DCMIP/msmt17.yml"))
+    # The rates gpu_check measures: AMP at DCMIP's batch 256, fp32 at O2CAP's batch 32.
+    assert dcmip_amp and not o2cap_amp and o2cap_period == dcmip_period, "the arithmetic assumes the published configs"
+    if not os.path.isfile(path):
+        return ("## MSMT17 on one GPU: the arithmetic\n\nNo GPU rates are stored yet: run `make gpu-check` on a "
+                f"GPU machine (it writes {os.path.relpath(path, ROOT)}), then `--assemble`.\n")
+    with open(path) as f:
+        stored = json.load(f)
+    r = stored["rates"]
+    embed, train = r["embed_img_s"], r["train_img_s"]
+    feat = MSMT17_TRAIN / embed
+    knn_s = 2 * MSMT17_TRAIN ** 2 * FEATURE_DIM / (r["knn_tflops_fp32"] * 1e12)
+    evaluation = MSMT17_TEST / embed + RANKING_GPU_S
+    dcmip_train = dcmip_images / train
+    if "train_fp32_img_s" in r:
+        o2cap_train = o2cap_images / r["train_fp32_img_s"]
+        o2cap_rate = f"{r['train_fp32_img_s']:,.0f} img/s (fp32, batch 32)"
+        o2cap_cost = f"{o2cap_train:.1f} s"
+    else:  # stored before gpu_check measured fp32 at batch 32; the AMP batch-256 rate bounds it
+        o2cap_train = o2cap_images / train
+        o2cap_rate = f"not measured yet in fp32 at batch 32; at most {train:,.0f} img/s (AMP, batch 256)"
+        o2cap_cost = f"≥ {o2cap_train:.1f} s"
+    o2cap = feat + knn_s + POST_KNN_S["O2CAP"] + o2cap_train + evaluation / o2cap_period
+    stage1 = feat + knn_s + POST_KNN_S["DCMIP"] + dcmip_train + evaluation / dcmip_period
+    stage2 = stage1 + feat
+    source = stored.get("source", f"`make gpu-check` at commit {stored['commit']}")
+    rows = [
+        ("features", f"{MSMT17_TRAIN:,} train images (list_train + list_val)", f"{embed:,.0f} img/s", f"{feat:.1f} s"),
+        ("features, DCMIP stage 2", "student + teacher, one pass over the loader", f"{embed:,.0f} img/s per network",
+         f"{2 * feat:.1f} s"),
+        ("kNN, exact on the GPU (blocked fp32 matrix products)",
+         f"{MSMT17_TRAIN:,}² pairs × d = {FEATURE_DIM:,}: {2 * MSMT17_TRAIN ** 2 * FEATURE_DIM / 1e12:.1f} TFLOP",
+         f"{r['knn_tflops_fp32']:.1f} TFLOP/s (fp32 product; the top-k adds to it)", f"{knn_s:.2f} s"),
+        ("Jaccard + DBSCAN (CPU)", f"N = {MSMT17_TRAIN:,}",
+         "measured on 2 cores (docs/benchmarks/clustering.md)",
+         f"{POST_KNN_S['O2CAP']:.1f} s (O2CAP) / {POST_KNN_S['DCMIP']:.1f} s (DCMIP)"),
+        ("training steps, O2CAP", f"{o2cap_images:,} images", o2cap_rate, o2cap_cost),
+        ("training steps, DCMIP", f"{dcmip_images:,} images", f"{train:,.0f} img/s (AMP, batch 256)",
+         f"{dcmip_train:.1f} s"),
+        (f"evaluation (every {dcmip_period} epochs)", f"{MSMT17_TEST:,} images embedded; 11,659 × 82,161 ranked",
+         f"{embed:,.0f} img/s; ranking {RANKING_GPU_S} s (docs/benchmarks/evaluation_gpu.md)",
+         f"{evaluation:.1f} s, {evaluation / dcmip_period:.1f} s per epoch amortised"),
+    ]
+    table = ["| Part | Work per epoch | Rate | Cost per epoch |", "|---|---|---|---|"]
+    table += [f"| {' | '.join(row)} |" for row in rows]
+    clustering_share = POST_KNN_S["O2CAP"] / o2cap, POST_KNN_S["DCMIP"] / stage2
+    return "\n".join([
+        "## MSMT17 on one GPU: the arithmetic", "",
+        f"Rates: {source} on one {stored['device']} (torch {stored['torch']}, {stored['date']}; "
+        "docs/benchmarks/gpu_check.md), stored in docs/benchmarks/gpu_rates.json. They are the GPU's ceilings: "
+        "ResNet-50 at 256×128 on synthetic tensors, no data loading. The CPU-side figures are measured on "
+        f"2 cores. Per epoch, the published configs train O2CAP: {o2cap_images:,} images in fp32 "
+        f"(configs/O2CAP/msmt17.yml), and DCMIP: {dcmip_images:,} images under AMP "
+        "(configs/DCMIP/msmt17.yml).", "",
+        *table, "",
+        f"Sum: an MSMT17 epoch costs about {o2cap:.0f} s of GPU and clustering work for O2CAP"
+        f"{'' if 'train_fp32_img_s' in r else ' (at least: its fp32 rate is not measured yet)'}, "
+        f"{stage1:.0f} s for DCMIP stage 1 and {stage2:.0f} s for stage 2. At these rates the network is no "
+        f"longer the whole story: the clustering's CPU part (Jaccard + DBSCAN) is ~{100 * clustering_share[0]:.0f} % "
+        f"(O2CAP) and ~{100 * clustering_share[1]:.0f} % (DCMIP stage 2) of it, and the data loader must decode and "
+        f"augment {o2cap_images:,}-{dcmip_images:,} training images per epoch at the GPU's {train:,.0f} img/s. "
+        "Market's small JPEGs decode at 5,405 img/s in one process (docs/benchmarks/extraction.md), so the "
+        "default 8 loader workers are in the range, but MSMT17's larger JPEGs and the augmentations were not "
+        "measured on that machine: the loader may bound the real epoch. The features avoid the decoding after "
+        "the first epoch (UNSUP.FEATURE_CACHE_MB: 32,621 images at 256×128 are 3.2 GB). The kNN stays well "
+        "under a second until N reaches hundreds of thousands of images (docs/clustering.md).", ""])
 
 
 def read_metrics(path):
@@ -157,7 +216,7 @@ def run_row(rows, row, out_root, smoke, profile_n, extra):
     wall = time.time() - t0
     rec = {"row": row, "config": config, "command": " ".join(cmd[1:]), "invocation": invocation(),
            "extra_opts": list(extra), "rc": rc, "wall_s": round(wall, 1),
-           "commit": commit(), "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+           "commit": provenance.commit(), "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                                           f"{os.cpu_count()} cores, torch threads from env",
            "smoke": smoke, "opts": opts}
     if rc == 0 and profile_n and row != "zero-shot":
@@ -354,7 +413,7 @@ def write_epoch_profile(profiles, path, commands, machines, commits):
             ""] + lines + [""]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
-        f.write("\n".join(text) + "\n" + GPU_ARITHMETIC)
+        f.write("\n".join(text) + "\n" + gpu_arithmetic())
     print(f"wrote {path} ({len(profiles)} rows)")
 
 

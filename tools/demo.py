@@ -4,7 +4,6 @@ model, and print both result tables (fastreid's format) side by side."""
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -16,6 +15,7 @@ import dcmip  # noqa: E402,F401
 from dcmip.engine.checkpoint import AtomicCheckpointer  # noqa: E402
 from dcmip.engine.defaults import build_trainer, setup_cfg  # noqa: E402
 from dcmip.engine.trainer import UnsupervisedTrainer  # noqa: E402
+from dcmip import provenance  # noqa: E402
 from fastreid.evaluation.testing import print_csv_format  # noqa: E402
 
 
@@ -58,8 +58,7 @@ def write_report(args, cfg, initial, trained, summary, seconds):
     keys = ["mAP", "Rank-1", "Rank-5", "Rank-10", "mINP"]
     rows = [[name, *(f"{r[k]:.2f}" for k in keys)] for name, r in
             (("initial ImageNet weights", initial), ("trained without labels", trained))]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip() or "unknown"
+    commit = provenance.commit()
     os.makedirs(os.path.dirname(args.report) or ".", exist_ok=True)
     with open(args.report, "w") as f:
         f.write(f"# Demo result\n\nProduced by `make demo` (`python tools/demo.py --config-file "
