@@ -175,6 +175,17 @@ def test_selection_by_map_picks_the_teacher_on_a_tie_and_keeps_the_best(run):
     assert equal_states(saved["model"], rec.steps[-1][1])
 
 
+def test_stage2_logs_student_and_teacher_under_their_own_keys(run):
+    """The plain keys hold the candidate (the teacher at both stage-2 evaluations here); the
+    student's and the teacher's results are kept apart at every stage-2 evaluation."""
+    trainer = run[0]
+    history = trainer.storage.history
+    assert [v for v, _ in history("student/mAP").values()] == [5.0, 1.0]
+    assert [v for v, _ in history("teacher/mAP").values()] == [5.0, 60.0]
+    assert [v for v, _ in history("student/Rank-1").values()] == [1.0, 1.0]
+    assert [v for v, _ in history("teacher/Rank-1").values()] == [0.0, 1.0]
+
+
 def test_unknown_selection_metric_is_refused_before_training(demo_root, monkeypatch):
     from dcmip.registry import UserInputError
 

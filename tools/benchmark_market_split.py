@@ -6,13 +6,16 @@
     .venv/bin/python tools/benchmark_market_split.py --assemble            # table + plots from saved rows
     .venv/bin/python tools/benchmark_market_split.py --rows zero-shot,o2cap --smoke   # tiny pipeline check
     .venv/bin/python tools/benchmark_market_split.py --protocol two-camera --rows all  # issue 13: cameras c5, c6
+    .venv/bin/python tools/benchmark_market_split.py --protocol demo-two-camera --rows all  # issue 13: demo data
 
 Each row runs tools/train_net.py as a subprocess with OUTPUT_DIR <out>/<row> and saves
 <out>/<row>/row.json (final metrics, wall time, commit). --assemble (also done after runs) writes
 docs/results/market1501-split.md and docs/results/market1501-split-<row>.png. See
 docs/market_split_benchmark.md. --protocol two-camera runs the rows of the two-camera protocol
 (MarketSplitTwoCameras, docs/composite.md) into output/two_camera and
-docs/results/market1501-two-camera.md.
+docs/results/market1501-two-camera.md; --protocol demo-two-camera runs each method's demo config on the
+generated two-camera demo set (DemoTwoCameras) into output/demo_two_camera and
+docs/results/demo-two-camera.md.
 """
 import argparse
 import json
@@ -47,12 +50,40 @@ TWO_CAMERA_ROWS = {
     "dcmip": ("configs/DCMIP/two_camera_cpu.yml", []),
     "dcmip-o2cap": ("configs/DCMIP/o2cap_two_camera_cpu.yml", []),
 }
+# The generated two-camera demo set (tools/make_demo_data.py --num-cams 2 --camera-shift strong):
+# each method's demo config, a few minutes each, on DemoTwoCameras instead of DemoMarket.
+DEMO_TWO_CAMERAS = ["DATASETS.NAMES", '("DemoTwoCameras",)', "DATASETS.TESTS", '("DemoTwoCameras",)']
+DEMO_TWO_CAMERA_ROWS = {
+    "zero-shot": ("configs/O2CAP/demo_cpu.yml", ["--eval-only"] + DEMO_TWO_CAMERAS),
+    "cluster-contrast": ("configs/ClusterContrast/demo_cpu.yml", DEMO_TWO_CAMERAS),
+    # Table II's CAP4: L_off alone, with O2CAP's proxy-balanced sampling.
+    "cap4": ("configs/O2CAP/demo_cpu.yml", DEMO_TWO_CAMERAS + ["UNSUP.O2CAP.LOSSES", '["offline"]']),
+    "o2cap": ("configs/O2CAP/demo_cpu.yml", DEMO_TWO_CAMERAS),
+    "dcmip": ("configs/DCMIP/demo_cpu.yml", DEMO_TWO_CAMERAS),
+    "dcmip-o2cap": ("configs/DCMIP/o2cap_demo_cpu.yml", DEMO_TWO_CAMERAS),
+}
 # protocol: (rows, dataset, default output root, default doc)
 PROTOCOLS = {
     "split": (ROWS, "MarketSplit", os.path.join("output", "market_split"),
               os.path.join("docs", "results", "market1501-split.md")),
     "two-camera": (TWO_CAMERA_ROWS, "MarketSplitTwoCameras", os.path.join("output", "two_camera"),
                    os.path.join("docs", "results", "market1501-two-camera.md")),
+    "demo-two-camera": (DEMO_TWO_CAMERA_ROWS, "DemoTwoCameras", os.path.join("output", "demo_two_camera"),
+                        os.path.join("docs", "results", "demo-two-camera.md")),
+}
+# Title and set-up line of each protocol's table.
+PROTOCOL_TEXT = {
+    "split": ("Market-1501 split (MarketSplit) on CPU",
+              "ImageNet MobileNetV2, 128×64 input, fp32, a budget of at most 15 minutes per method on 2 cores "
+              "(docs/market_split_benchmark.md)."),
+    "two-camera": ("Market-1501 split (MarketSplitTwoCameras) on CPU",
+                   "ImageNet MobileNetV2, 128×64 input, fp32, a budget of at most 15 minutes per method on 2 cores "
+                   "(docs/market_split_benchmark.md); cameras c5 and c6 only (docs/composite.md)."),
+    "demo-two-camera": ("Generated two-camera demo data (DemoTwoCameras) on CPU",
+                        "ImageNet MobileNetV2, 128×64 input, fp32; each method's demo config (configs/*/demo_cpu.yml, "
+                        "a few minutes on 2 cores) on the demo generator's two cameras with a strong shift "
+                        "(`tools/make_demo_data.py --root datasets/demo-two-cameras --num-cams 2 --camera-shift "
+                        "strong`; docs/composite.md)."),
 }
 # Rows trained by DCMIP's two stages: a stage-1 row and stage-2 student and teacher rows.
 TWO_STAGE = {"dcmip": "DCMIP", "dcmip-o2cap": "DCMIP + O2CAP"}
@@ -202,10 +233,12 @@ def profile_steps(config, opts, n):
 
 
 def run_row(rows, row, out_root, smoke, profile_n, extra):
-    config, args = rows[row]
+    config, row_args = rows[row]
+    # The row's flags (--eval-only) stay flags; its KEY VALUE overrides join the opts.
+    args = [a for a in row_args if a.startswith("--")]
     out = os.path.join(out_root, row)
     os.makedirs(out, exist_ok=True)
-    opts = ["OUTPUT_DIR", out]
+    opts = [a for a in row_args if not a.startswith("--")] + ["OUTPUT_DIR", out]
     if smoke and row != "zero-shot":
         opts += SMOKE_OPTS + (SMOKE_DCMIP if row in TWO_STAGE else [])
     opts += extra
@@ -269,9 +302,13 @@ def fill_ranks(evals, tables):
     return evals
 
 
-def student_maps(log_path):
-    """The student's mAP at every stage-2 evaluation, in order, from the log's "student mAP X,
-    teacher mAP Y" lines (metrics.json's plain keys hold model_best's candidate there)."""
+def student_maps(log_path, records=()):
+    """The student's mAP at every stage-2 evaluation, in order: metrics.json's student/mAP, or
+    for runs before it was logged the log's "student mAP X, teacher mAP Y" lines (metrics.json's
+    plain keys hold model_best's candidate there)."""
+    logged = [r["student/mAP"] for r in records if "student/mAP" in r]
+    if logged:
+        return logged
     if not os.path.isfile(log_path):
         return []
     with open(log_path) as f:
@@ -315,10 +352,14 @@ def row_results(out_root, row, ims_per_batch, iters, stage1_epochs=None):
     if s2:
         last = s2[-1]
         # In stage 2 metrics.json's plain keys hold model_best's candidate (the better of
-        # student and teacher); the student's own figures are in the log.
-        student = student_table(os.path.join(path, "log.txt"), tables)
-        if student and abs(last["mAP"] - student["mAP"]) < 0.006:
-            student = None  # the student was the candidate: metrics.json has it unrounded
+        # student and teacher). The student's own figures are under student/ (runs since
+        # session 7), in the log for older runs.
+        if "student/mAP" in last:
+            student = {k: last.get("student/" + k) for k in METRICS}
+        else:
+            student = student_table(os.path.join(path, "log.txt"), tables)
+            if student and abs(last["mAP"] - student["mAP"]) < 0.006:
+                student = None  # the student was the candidate: metrics.json has it unrounded
         out.append((f"{name} stage 2 student", student or {k: last.get(k) for k in METRICS}, extra))
         tl = [r for r in s2 if "teacher/mAP" in r]
         if tl:
@@ -458,11 +499,10 @@ def assemble(protocol, out_root, doc, profile_doc=None):
             ex = results[0][2]
             plot(records, iters, png, f"{LABELS.get(row, row)} on {dataset}: "
                  f"{fmt(ex['img_s'])} img/s training throughput (IMS_PER_BATCH / mean step time)", zero_shot_map,
-                 student_maps(os.path.join(out_root, row, "log.txt")) if row in TWO_STAGE else ())
+                 student_maps(os.path.join(out_root, row, "log.txt"), records) if row in TWO_STAGE else ())
             images.append((row, os.path.basename(png)))
-    text = [f"# Market-1501 split ({dataset}) on CPU", "",
-            "ImageNet MobileNetV2, 128×64 input, fp32, a budget of at most 15 minutes per method on 2 cores "
-            "(docs/market_split_benchmark.md).", "",
+    title, setup = PROTOCOL_TEXT[protocol]
+    text = [f"# {title}", "", setup, "",
             "Command" + ("s" if len(commands) > 1 else "") + ": " + ", ".join(f"`{c}`" for c in commands), "",
             ] + ([f"Config overrides for every row: `{', '.join(sorted(extras))}` (on top of each row's config)", ""]
                  if any(extras) else []) + [
@@ -494,9 +534,11 @@ def assemble(protocol, out_root, doc, profile_doc=None):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--protocol", choices=list(PROTOCOLS), default="split",
-                   help="split: MarketSplit (issue 6); two-camera: MarketSplitTwoCameras (issue 13)")
+                   help="split: MarketSplit (issue 6); two-camera: MarketSplitTwoCameras (issue 13); "
+                   "demo-two-camera: DemoTwoCameras with the demo configs (issue 13)")
     p.add_argument("--rows", default=None, help="all, or a comma list of the protocol's rows: split "
-                   + ",".join(ROWS) + "; two-camera " + ",".join(TWO_CAMERA_ROWS))
+                   + ",".join(ROWS) + "; two-camera " + ",".join(TWO_CAMERA_ROWS) + "; demo-two-camera "
+                   + ",".join(DEMO_TWO_CAMERA_ROWS))
     p.add_argument("--assemble", action="store_true", help="only assemble the doc from saved rows")
     p.add_argument("--out", default=None, help="rows' output root (default output/market_split, two-camera: "
                    "output/two_camera)")

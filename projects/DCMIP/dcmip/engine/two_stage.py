@@ -127,8 +127,12 @@ class TwoStageTrainer(UnsupervisedTrainer):
         self.best_network = "teacher" if teacher_value >= student_value else "student"
         logger.info(f"epoch {self.epoch}: student {key} {student_value:.2f}, teacher {key} {teacher_value:.2f} "
                     f"(UNSUP.SELECT_METRIC; the {self.best_network} is the candidate for model_best)")
-        self.storage.put_scalars(**{f"teacher/{k}": float(v) for k, v in teacher.items()
-                                    if isinstance(v, numbers.Real)}, smoothing_hint=False)
+        # Both networks under their own keys: the plain keys hold the model_best candidate,
+        # which is the teacher at some evaluations and the student at others.
+        self.storage.put_scalars(**{f"{name}/{k}": float(v) for name, results in (("student", student),
+                                                                                   ("teacher", teacher))
+                                    for k, v in results.items() if isinstance(v, numbers.Real)},
+                                 smoothing_hint=False)
         self._last_eval_results = teacher if self.best_network == "teacher" else student
         return self._last_eval_results
 
