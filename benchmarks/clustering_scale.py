@@ -302,7 +302,9 @@ def write_docs(new_rows: list, command: str, output: str, new_sweep: list = ()) 
 def main():
     global JSON
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="*", default=[250000, 500000, 1000000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=None,
+                        help="sizes of the scale rows (default 250000 500000 1000000, none when "
+                        "--compare-size or --nprobe-sweep is given)")
     parser.add_argument("--knn", default=None,
                         help="comma-separated kNN methods, of " + ", ".join(KNN_METHODS) + " (default all)")
     parser.add_argument("--compare-size", type=int, default=None,
@@ -341,15 +343,19 @@ def main():
         command = "PYTHONPATH=projects/DCMIP python benchmarks/clustering_scale.py " + " ".join(sys.argv[1:])
         print(write_docs(rows, command, args.output))
         return
+    if args.sizes is None:
+        args.sizes = [] if args.compare_size or args.nprobe_sweep else [250000, 500000, 1000000]
+    command = ("PYTHONPATH=projects/DCMIP python benchmarks/clustering_scale.py "
+               + " ".join(sys.argv[1:])).strip()
     if args.compare_size:
         # The exact graph first: the approximate ones are compared with it.
         compared = ["exact"] + [m for m in methods if m != "exact"]
         rows += run_size(args.compare_size, compared, float("inf"), True, commit, args.device, args.host)
+        write_docs(rows, command, args.output)  # stored per size: a run cut later keeps these rows
     for n in args.sizes:
         rows += run_size(n, methods, args.exact_budget_s, False, commit, args.device, args.host)
+        write_docs(rows, command, args.output)
     sweep = [row for n in args.nprobe_sweep for row in nprobe_sweep(n, args.nprobes, commit)]
-    command = ("PYTHONPATH=projects/DCMIP python benchmarks/clustering_scale.py "
-               + " ".join(sys.argv[1:])).strip()
     print(write_docs(rows, command, args.output, sweep))
     if sweep:
         print(sweep_table(sweep))
