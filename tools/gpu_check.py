@@ -8,12 +8,14 @@
    tolerances of ``AMP_TOL``. DCMIP's instance memory is drawn from each device's own
    generator, so it is copied from the CPU after the reset and left out after the update.
 2. Clustering (Jaccard + DBSCAN) of CUDA features gives the CPU's labels.
-3. The rates an epoch is made of (docs/benchmarks/epoch.md assumes them until measured): the
-   published configs' ResNet-50 at 256×128 embedding images in eval mode and training (forward
-   + backward) under autocast, and the kNN's blocked matrix product in TFLOP/s.
+3. The rates an epoch is made of: the published configs' ResNet-50 at 256×128 embedding
+   images in eval mode and training (forward + backward) under autocast at batch 256 and in
+   fp32 at batch 32, and the kNN's blocked matrix product in TFLOP/s. They are stored in
+   ``docs/benchmarks/gpu_rates.json``, from which docs/benchmarks/epoch.md's GPU arithmetic is
+   computed.
 4. DCMIP with mixed precision through both stages on the demo data (``tools/demo.py``):
-   finite losses (the trainer stops on a non-finite one) and mAP after > before; O2CAP for two
-   epochs likewise.
+   finite losses (the trainer stops on a non-finite one) and mAP after > before; O2CAP's demo
+   config (6 epochs) likewise.
 
 Prints one table and writes it to ``docs/benchmarks/gpu_check.md``. Without a CUDA device it
 says so and exits 0. The comparison functions take any two devices, so the tests run them
@@ -288,8 +290,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def rate_rows(rates: Dict[str, float]) -> List[List[str]]:
-    r = rates
+def rate_rows(r: Dict[str, float]) -> List[List[str]]:
     return [["ResNet-50 256×128 embedding (eval, autocast, batch 256)", f"{r['embed_img_s']:,.0f} img/s",
              "measured (docs/benchmarks/epoch.md)", "measured"],
             ["ResNet-50 256×128 training (forward + backward, autocast, batch 256)", f"{r['train_img_s']:,.0f} img/s",
