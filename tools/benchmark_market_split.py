@@ -381,12 +381,14 @@ def plot(records, iters, path, title, zero_shot_map=None, stage2_student=()):
             student = iter(stage2_student)
             pts = [(x, next(student, y) if "teacher/mAP" in r else y)
                    for (x, y), r in zip(pts, [r for r in records if key in r])]
+        tp = []
         if key == "mAP":
             tp = [(r.get("iteration", 0) / iters, r["teacher/mAP"]) for r in records if "teacher/mAP" in r]
             if tp:
                 ax.plot(*zip(*tp), "s--", label="teacher")
         if pts:
-            ax.plot(*zip(*pts), "o-", label="student" if key == "mAP" else None)
+            # "student" only beside a teacher: a single-network method's line is its model.
+            ax.plot(*zip(*pts), "o-", label=("student" if tp else "model") if key == "mAP" else None)
         if key == "mAP" and zero_shot_map is not None:
             ax.axhline(zero_shot_map, color="gray", ls=":", label="zero-shot")
             ax.axhline(4 * zero_shot_map, color="red", ls=":", label="4x zero-shot")
