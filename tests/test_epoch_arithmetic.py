@@ -51,3 +51,12 @@ def test_o2cap_without_its_fp32_rate_is_a_bound(tmp_path):
 
 def test_no_rates_says_how_to_get_them(tmp_path):
     assert "make gpu-check" in bms.gpu_arithmetic(str(tmp_path / "missing.json"))
+
+
+def test_each_method_is_costed_in_its_configs_precision(tmp_path, monkeypatch):
+    """A config that turns AMP on for O2CAP is costed at the AMP rate, not the fp32 one."""
+    monkeypatch.setattr(bms, "published_work", lambda config: (12800, True, 10))
+    text = bms.gpu_arithmetic(_rates(tmp_path, embed_img_s=1000.0, train_img_s=1280.0, train_fp32_img_s=640.0,
+                                     knn_tflops_fp32=10.0, knn_tflops_fp16=20.0))
+    assert _cost(text, "training steps, O2CAP") == "10.0 s"
+    assert "12,800 images under AMP (configs/O2CAP/msmt17.yml)" in text
