@@ -573,7 +573,9 @@ def main():
         for r in rows:
             rc |= run_row(table, r, out_root, a.smoke, a.profile_steps, a.opts)
     profile_doc = None
-    if a.protocol == "split":
+    # epoch.md profiles the published table's rows: runs into another --out (e.g. another seed)
+    # must not replace it.
+    if a.protocol == "split" and (a.smoke or out_root == os.path.join(ROOT, default_out)):
         profile_doc = (os.path.join(os.path.dirname(doc), "epoch.md") if a.smoke
                        else os.path.join(ROOT, "docs", "benchmarks", "epoch.md"))
     assemble(a.protocol, out_root, doc, profile_doc)
