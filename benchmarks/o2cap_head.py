@@ -32,7 +32,7 @@ import dcmip  # noqa: E402,F401
 from dcmip.config import add_dcmip_config  # noqa: E402
 from dcmip.memory import build_memory_head  # noqa: E402
 from dcmip.sampling import build_sampler  # noqa: E402
-from dcmip.structures import PseudoLabels  # noqa: E402
+from dcmip.structures import LabelGroups, PseudoLabels  # noqa: E402
 from fastreid.config import get_cfg  # noqa: E402
 from naive_o2cap import NaiveO2CAPHead  # noqa: E402
 from op_count import count_aten_ops  # noqa: E402
@@ -111,8 +111,9 @@ def benchmark(dim: int, losses, steps: int, clock):
         batches.append({"clusters": pseudo.clusters[rows], "proxies": pseudo.proxies[rows],
                         "camids": pseudo.cams[rows], "index": rows,
                         "multiplicity": {"clusters": BATCH, "proxies": cfg.UNSUP.SAMPLER.NUM_INSTANCES},
-                        # What the training collation counts on the host (collate_with_multiplicity).
-                        "distinct": {"proxies": len(set(pseudo.proxies[rows].tolist()))},
+                        # What the training collation prepares on the host (collate_with_multiplicity).
+                        "groups": {key: LabelGroups.from_labels(getattr(pseudo, key)[rows])
+                                   for key in ("clusters", "proxies")},
                         "raw": torch.randn(BATCH, dim, generator=g)})
 
     ours = build_memory_head(cfg)

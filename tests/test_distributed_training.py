@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from dcmip.structures import PseudoLabels
+from dcmip.structures import LabelGroups, PseudoLabels
 from gloo import free_port, gloo_group
 
 WORLD = 2
@@ -81,7 +81,7 @@ def _train_single_process(cfg, memory_name):
     model.memory.reset(pseudo)
     params = []
     for _, batch in batches[:1]:
-        losses = model(batch)
+        losses = model({**batch, "groups": {k: LabelGroups.from_labels(batch[k]) for k in ("clusters", "proxies")}})
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
@@ -112,7 +112,11 @@ def _worker(rank, port, memory_name, out_dir):
         history = []
         for rows, batch in batches:
             sl = slice(rank * local, (rank + 1) * local)
-            losses = ddp({k: v[sl] if torch.is_tensor(v) else v for k, v in batch.items()})
+            local_batch = {k: v[sl] if torch.is_tensor(v) else v for k, v in batch.items()}
+            # The collation's host-side grouping of this rank's slice; the memory update
+            # regroups the gathered global batch from every rank's labels.
+            local_batch["groups"] = {k: LabelGroups.from_labels(local_batch[k]) for k in ("clusters", "proxies")}
+            losses = ddp(local_batch)
             optimizer.zero_grad()
             sum(losses.values()).backward()
             optimizer.step()

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from dcmip.memory.o2cap.functional import (ProxySet, balanced_similarity, contrastive_terms, distinct_proxy_queries,
                                            hard_negative_candidates, memory_scores, top_columns)
 from dcmip.memory.o2cap.head import CameraAwareProxyMemory
+from dcmip.structures import LabelGroups
 from naive_o2cap import NaiveO2CAPHead, naive_multi_positive
 from test_o2cap import SYNCING_OPS, _RecordOps, batch_of, make_cfg, make_pseudo, random_steps
 
@@ -79,64 +80,70 @@ def test_sparse_scores_gradcheck():
 
 # ---- Eq. 5 from the distinct proxies ----------------------------------------------------------
 
-@pytest.mark.parametrize("spare", [0, 3])
-def test_balanced_similarity_from_distinct_proxies(spare):
-    """b_j = w f·K'[j] + (1-w) K'[z̃]·K'[j], with an exact and a loose bound on the distinct z̃."""
-    g = torch.Generator().manual_seed(spare)
+def test_balanced_similarity_from_distinct_proxies():
+    """b_j = w f·K'[j] + (1-w) K'[z̃]·K'[j], from one query row per distinct z̃."""
+    g = torch.Generator().manual_seed(0)
     memory = F.normalize(torch.randn(20, 6, generator=g, dtype=torch.float64), dim=1)
     f = F.normalize(torch.randn(10, 6, generator=g, dtype=torch.float64), dim=1)
     proxies = torch.tensor([7, 3, 7, 19, 3, 3, 0, 7, 19, 0])
-    queries, inverse = distinct_proxy_queries(memory, proxies, 0.15, 4 + spare)
-    assert queries.shape == (4 + spare, 6)
-    torch.testing.assert_close(queries[inverse], 0.85 * memory[proxies], atol=0, rtol=0)
+    groups = LabelGroups.from_labels(proxies)
+    queries = distinct_proxy_queries(memory, groups.labels, 0.15)
+    assert queries.shape == (4, 6)
+    torch.testing.assert_close(queries[groups.inverse], 0.85 * memory[proxies], atol=0, rtol=0)
     scores, similarities = memory_scores(f, memory, 0.07, queries, sparse=True)
-    b = balanced_similarity(scores.values, similarities, inverse, 0.07, 0.15)
+    b = balanced_similarity(scores.values, similarities, groups.inverse, 0.07, 0.15)
     torch.testing.assert_close(b, 0.15 * f @ memory.t() + 0.85 * memory[proxies] @ memory.t(), atol=1e-14, rtol=0)
 
 
-# (losses, ONLINE_NEGATIVES, spare rows beyond the distinct proxies)
-ROWS = [(("offline", "online"), "instance", 0), (("offline", "online"), "balanced", 5), (("merge",), "instance", 5),
-        (("intra", "offline", "online"), "instance", 0)]
+# (losses, ONLINE_NEGATIVES)
+ROWS = [(("offline", "online"), "instance"), (("offline", "online"), "balanced"), (("merge",), "instance"),
+        (("intra", "offline", "online"), "instance"), (("offline", "intra", "base2"), "instance")]
 
 
-@pytest.mark.parametrize("losses,negatives,spare", ROWS)
-def test_head_with_distinct_counts_matches_the_per_image_head(losses, negatives, spare):
-    """With the collation's count of distinct proxies (exact or loose) the head takes the
-    per-distinct-proxy path: two steps of losses, gradients and memories as the oracle."""
+def grouped(batch):
+    """The batch with the collation's host-side grouping by cluster and by proxy."""
+    return {**batch, "groups": {k: LabelGroups.from_labels(batch[k]) for k in ("clusters", "proxies")}}
+
+
+@pytest.mark.parametrize("losses,negatives", ROWS)
+def test_head_with_label_groups_matches_the_per_image_head(losses, negatives):
+    """With the collation's LabelGroups the head takes the per-distinct-proxy path and the
+    grouped memory update: two steps of losses, gradients and memories as the oracle."""
     pseudo = make_pseudo(seed=5)
     head = CameraAwareProxyMemory(make_cfg(losses, HARD_NEGATIVES=10, ONLINE_NEGATIVES=negatives))
     head.reset(pseudo)
     naive = NaiveO2CAPHead(losses, k1=10, negatives=negatives)
     naive.reset(pseudo.features, pseudo.clusters, pseudo.proxies, pseudo.cams)
     for rows, features in random_steps(pseudo, 2, seed=7):
-        batch = batch_of(pseudo, rows)
-        batch["distinct"] = {"proxies": len(set(batch["proxies"].tolist())) + spare}
+        batch = grouped(batch_of(pseudo, rows))
         f = features.clone().requires_grad_()
         ours = head(f, batch)
         grad, = torch.autograd.grad(sum(ours.values()), f)
         f_naive = features.clone().requires_grad_()
         expected = naive.forward(f_naive, batch["clusters"], batch["proxies"], batch["camids"])
         expected_grad, = torch.autograd.grad(sum(expected.values()), f_naive)
+        assert set(ours) == set(expected)
         for name in expected:
             assert ours[name].item() == pytest.approx(expected[name].item(), abs=1e-10), name
         torch.testing.assert_close(grad, expected_grad, atol=1e-10, rtol=0)
         head.update(features, batch)
         naive.update(features, batch["clusters"], batch["proxies"])
         torch.testing.assert_close(head.proxy_memory, naive.proxy_memory, atol=1e-12, rtol=0)
+        if head.uses_clusters:
+            torch.testing.assert_close(head.cluster_memory, naive.cluster_memory, atol=1e-12, rtol=0)
 
 
-def test_the_per_distinct_proxy_step_has_no_host_sync():
-    """The distinct-proxy path (sort, cumsum, scatter into a host-sized block) and the sparse
-    backward dispatch no op that reads a value back or has a data-dependent shape."""
+def test_the_grouped_step_has_no_host_sync():
+    """The per-distinct-proxy path, the sparse backward and the grouped update dispatch no op
+    that reads a value back or has a data-dependent shape."""
     pseudo = make_pseudo()
     head = CameraAwareProxyMemory(make_cfg(("offline", "online", "merge")))
     head.reset(pseudo)
     rows, features = random_steps(pseudo, 1)[0]
-    batch = batch_of(pseudo, rows)
-    batch["distinct"] = {"proxies": 8}
+    batch = grouped(batch_of(pseudo, rows))
     f = features.clone().requires_grad_()
     with _RecordOps() as recorder:
         sum(head(f, batch).values()).backward()
         head.update(f.detach(), batch)
     assert not SYNCING_OPS & set(recorder.ops)
-    assert {"aten.scatter_", "aten._embedding_bag_forward_only"} <= set(recorder.ops)  # the paths ran
+    assert {"aten.index_copy_", "aten._embedding_bag_forward_only"} <= set(recorder.ops)  # the paths ran

@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcmip.memory.updates import (hardest_momentum_update_, normalized_centroids, occurrence_index,
-                                  sequential_momentum_update_)
+from dcmip.memory.updates import (batch_momentum_update_, grouped_momentum_update_, hardest_momentum_update_,
+                                  normalized_centroids, occurrence_index, sequential_momentum_update_)
+from dcmip.structures import LabelGroups
 
 
 def naive_sequential(memory, features, labels, m):
@@ -121,6 +122,72 @@ def test_sequential_update_known_case():
     second = F.normalize(0.5 * first + 0.5 * torch.tensor([0.0, 1.0]), dim=0)
     torch.testing.assert_close(memory[0], second.double())
     torch.testing.assert_close(memory[1], torch.tensor([0.0, 1.0], dtype=torch.float64))
+
+
+
+# ---- the batch grouped on the host (LabelGroups) ---------------------------------------------
+
+def test_label_groups_known_case():
+    """Labels 5, 3, 5, 7, 3, 5: rows in order of first occurrence (5, 3, 7); round r holds each
+    label's r-th position, padded with its first where it has fewer."""
+    groups = LabelGroups.from_labels([5, 3, 5, 7, 3, 5])
+    assert groups.labels.tolist() == [5, 3, 7]
+    assert groups.inverse.tolist() == [0, 1, 0, 2, 1, 0]
+    assert groups.occurrence.tolist() == [[0, 1, 3], [2, 4, 3], [5, 1, 3]]
+    assert groups.present.tolist() == [[True, True, True], [True, True, False], [True, False, False]]
+    assert groups.rounds == 3 and not groups.complete
+    assert LabelGroups.from_labels([4, 2, 2, 4]).complete
+
+
+def test_label_groups_of_an_empty_batch():
+    groups = LabelGroups.from_labels([])
+    assert groups.rounds == 0 and groups.labels.numel() == 0 and groups.inverse.numel() == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_label_groups_match_the_per_image_definition(seed):
+    labels = torch.randint(0, 9, (50,), generator=torch.Generator().manual_seed(seed))
+    groups = LabelGroups.from_labels(labels)
+    assert torch.equal(groups.labels[groups.inverse], labels)
+    occurrence = occurrence_index(labels)
+    for i, (label, r) in enumerate(zip(labels.tolist(), occurrence.tolist())):
+        row = groups.inverse[i]
+        assert groups.present[r, row] and groups.occurrence[r, row] == i
+    assert groups.present.sum() == len(labels)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_grouped_update_matches_the_per_image_loop(seed):
+    """Random labels (mixed multiplicities, incomplete rounds)."""
+    memory, features, labels = random_case(seed)
+    expected = naive_sequential(memory, features, labels, 0.2)
+    grouped_momentum_update_(memory, features, LabelGroups.from_labels(labels), 0.2)
+    torch.testing.assert_close(memory, expected, atol=1e-12, rtol=0)
+
+
+def test_grouped_update_of_a_p_by_k_batch_and_a_view():
+    """Every label K times (complete rounds), into a slice of a larger memory (DCMIP's proxies
+    A are the first rows of its proxy table): the rest is untouched."""
+    memory, features, _ = random_case(3, n=12, entries=10)
+    labels = torch.tensor([2, 5, 2, 0, 5, 0, 2, 0, 5, 0, 2, 5])
+    table = torch.cat([memory, memory.flip(0)])
+    expected = naive_sequential(memory, features, labels, 0.1)
+    groups = LabelGroups.from_labels(labels)
+    assert groups.complete
+    grouped_momentum_update_(table[:10], features, groups, 0.1)
+    torch.testing.assert_close(table[:10], expected, atol=1e-12, rtol=0)
+    assert torch.equal(table[10:], memory.flip(0))
+
+
+def test_batch_update_takes_the_groups_or_the_bound():
+    """With the collation's groups and with only its multiplicity bound: the same memory."""
+    memory, features, labels = random_case(1)
+    batch = {"clusters": labels, "multiplicity": {"clusters": int(torch.bincount(labels).max())}}
+    by_bound = batch_momentum_update_(memory.clone(), features, batch, "clusters", 0.2)
+    by_groups = batch_momentum_update_(memory.clone(), features,
+                                       {**batch, "groups": {"clusters": LabelGroups.from_labels(labels)}},
+                                       "clusters", 0.2)
+    torch.testing.assert_close(by_groups, by_bound, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("seed", range(5))

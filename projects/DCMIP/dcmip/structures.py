@@ -1,7 +1,8 @@
 """The pseudo labels of one epoch: what the clustering step hands to memories and samplers."""
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
+import numpy as np
 import torch
 
 
@@ -58,3 +59,57 @@ class PseudoLabels:
         out = torch.empty(self.num_proxies, dtype=torch.long, device=self.proxies.device)
         out[self.proxies] = self.cams
         return out
+
+
+class LabelGroups(NamedTuple):
+    """One batch's images grouped by label (cluster or proxy), built on the host by the
+    collation so that the memories' per-label bookkeeping costs the training step no device
+    operations and no host sync (METHODS §5).
+
+    Attributes:
+        labels: (U,) the distinct labels, in order of first occurrence in the batch.
+        inverse: (B,) the row of each image's label in ``labels``.
+        occurrence: (R, U) the batch position of the r-th occurrence of each label; where a
+            label occurs fewer than r + 1 times, its first occurrence (masked by ``present``).
+        present: (R, U) whether the label occurs more than r times.
+        complete: every label occurs R times (``present`` is all True), known on the host.
+        batch_labels: (B,) the labels themselves, on the host: what processes exchange to
+            group a batch gathered across them.
+    """
+    labels: torch.Tensor
+    inverse: torch.Tensor
+    occurrence: torch.Tensor
+    present: torch.Tensor
+    complete: bool
+    batch_labels: np.ndarray
+
+    @property
+    def rounds(self) -> int:
+        """R, the most occurrences of one label: the rounds of the sequential update."""
+        return self.occurrence.shape[0]
+
+    @classmethod
+    def from_labels(cls, batch_labels) -> "LabelGroups":
+        """Group ``batch_labels`` (B,) (any integer sequence) on the host."""
+        batch_labels = np.asarray(batch_labels, dtype=np.int64).reshape(-1)
+        labels, first, inverse, counts = np.unique(batch_labels, return_index=True, return_inverse=True,
+                                                   return_counts=True)
+        # Rows in order of first occurrence.
+        order = np.argsort(first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        inverse = rank[inverse.reshape(-1)]
+        rounds = int(counts.max()) if len(counts) else 0
+        occurrence = np.tile(first[order], (rounds, 1))
+        # The r-th occurrence of a label: positions sorted by (label row, position).
+        by_row = np.lexsort((np.arange(len(batch_labels)), inverse))
+        seen = np.arange(len(batch_labels)) - np.repeat(np.cumsum(counts[order]) - counts[order], counts[order])
+        occurrence[seen, inverse[by_row]] = by_row
+        present = np.arange(rounds)[:, None] < counts[order][None, :]
+        return cls(torch.from_numpy(labels[order]), torch.from_numpy(inverse), torch.from_numpy(occurrence),
+                   torch.from_numpy(present), bool(present.all()), batch_labels)
+
+    def to(self, device, non_blocking: bool = False) -> "LabelGroups":
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return self._replace(labels=move(self.labels), inverse=move(self.inverse),
+                             occurrence=move(self.occurrence), present=move(self.present))

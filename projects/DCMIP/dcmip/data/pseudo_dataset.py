@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from fastreid.data.build import fast_batch_collator
 from fastreid.data.data_utils import read_image
 
-from ..structures import PseudoLabels
+from ..structures import LabelGroups, PseudoLabels
 
 
 class PseudoLabelDataset(Dataset):
@@ -74,10 +74,11 @@ def seeded_random_state(seed: int):
 def collate_with_multiplicity(items: List[Dict]) -> Dict:
     """fastreid's collation, plus host-side counts that memories use instead of reading them
     back from the device (METHODS §5): ``multiplicity``, how often one cluster / proxy occurs
-    in the batch (the round count of the sequential update), and ``distinct``, how many
-    clusters / proxies it holds (the size of O2CAP's per-proxy query block)."""
+    in the batch (the round count of the sequential update), and ``groups``, the batch grouped
+    by cluster and by proxy (:class:`LabelGroups`: the memories' per-label bookkeeping, done
+    here in the loader's workers instead of in the training step)."""
     batch = fast_batch_collator(items)
     keys = ("clusters", "proxies")
+    batch["groups"] = {key: LabelGroups.from_labels([item[key] for item in items]) for key in keys}
     batch["multiplicity"] = {key: int(np.bincount([item[key] for item in items]).max()) for key in keys}
-    batch["distinct"] = {key: len({item[key] for item in items}) for key in keys}
     return batch

@@ -88,6 +88,46 @@ def sequential_momentum_update_(memory: torch.Tensor, features: torch.Tensor, la
 
 
 @torch.no_grad()
+def grouped_momentum_update_(memory: torch.Tensor, features: torch.Tensor, groups, momentum: float) -> torch.Tensor:
+    """:func:`sequential_momentum_update_` with the batch grouped by label on the host
+    (:class:`~dcmip.structures.LabelGroups`): each distinct label's entry is read once, moved
+    through its images in batch order (round r applies every label's r-th image), and written
+    once. A few operations per round and no index bookkeeping on the device.
+
+    Args:
+        memory: (M, d) entries, updated in place.
+        features: (B, d) batch features (detached).
+        groups: the batch's labels grouped, on ``memory``'s device.
+        momentum: m, the weight of the old entry.
+    """
+    if not groups.rounds:
+        return memory
+    # (R, U, d): the r-th image of every label.
+    ordered = features.to(memory.dtype).index_select(0, groups.occurrence.flatten()).view(groups.rounds, -1, memory.shape[1])
+    state = memory.index_select(0, groups.labels)
+    for r in range(groups.rounds):
+        # lerp(f, state, m) = m state + (1 - m) f, then F.normalize's division in place.
+        updated = torch.lerp(ordered[r], state, momentum)
+        updated.div_(torch.linalg.vector_norm(updated, dim=1, keepdim=True).clamp_min_(1e-12))
+        # A label with fewer than r + 1 images keeps its entry.
+        state = updated if groups.complete else torch.where(groups.present[r].unsqueeze(1), updated, state)
+    # Labels are distinct: one deterministic write per entry.
+    return memory.index_copy_(0, groups.labels, state)
+
+
+@torch.no_grad()
+def batch_momentum_update_(memory: torch.Tensor, features: torch.Tensor, batch: dict, key: str,
+                           momentum: float) -> torch.Tensor:
+    """The sequential update of ``memory`` by the batch's ``key`` labels ("clusters" or
+    "proxies"): :func:`grouped_momentum_update_` with the collation's ``groups``, else
+    :func:`sequential_momentum_update_` bounded by its ``multiplicity`` (batches built by hand)."""
+    groups = batch.get("groups", {}).get(key)
+    if groups is not None:
+        return grouped_momentum_update_(memory, features, groups, momentum)
+    return sequential_momentum_update_(memory, features, batch[key], momentum, batch.get("multiplicity", {}).get(key))
+
+
+@torch.no_grad()
 def hardest_momentum_update_(memory: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
                              momentum: float) -> torch.Tensor:
     """In place, once per label present: ``memory[y] <- normalise(m memory[y] + (1-m) f_hard)``.

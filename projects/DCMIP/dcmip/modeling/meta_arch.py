@@ -1,6 +1,7 @@
 """The meta-architecture: fastreid's backbone and embedding neck, trained by a memory head."""
 from typing import Dict, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,6 +14,7 @@ from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import comm
 
 from ..memory import build_memory_head
+from ..structures import LabelGroups
 
 
 @REID_HEADS_REGISTRY.register()
@@ -64,8 +66,7 @@ class UnsupervisedReID(nn.Module):
         features = self.embed(batched_inputs["images"])
         if not self.training:
             return features
-        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
-                 for k, v in batched_inputs.items() if k != "images"}
+        batch = {k: _to_device(v, self.device) for k, v in batched_inputs.items() if k != "images"}
         losses = self.memory(features.float(), batch)
         self._pending = (features.detach().float(), batch)
         return losses
@@ -94,4 +95,18 @@ def _all_gather_batch(features: torch.Tensor, batch: Dict):
         # A label's count in the global batch is at most the sum of its per-rank counts.
         per_rank = comm.all_gather(batch["multiplicity"])
         gathered["multiplicity"] = {k: sum(m[k] for m in per_rank) for k in batch["multiplicity"]}
+    if "groups" in batch:
+        # The global batch regrouped from every rank's host-side labels, in rank order.
+        per_rank = comm.all_gather({k: g.batch_labels for k, g in batch["groups"].items()})
+        gathered["groups"] = {k: LabelGroups.from_labels(np.concatenate([labels[k] for labels in per_rank])).to(
+            features.device) for k in batch["groups"]}
     return gather(features), gathered
+
+
+def _to_device(value, device):
+    """A batch entry on the model's device: tensors, and the tensors of :class:`LabelGroups`."""
+    if torch.is_tensor(value):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict) and value and all(isinstance(v, LabelGroups) for v in value.values()):
+        return {k: v.to(device, non_blocking=True) for k, v in value.items()}
+    return value

@@ -6,7 +6,7 @@ import torch
 from ...structures import PseudoLabels
 from ..base import MEMORY_HEAD_REGISTRY, MemoryHead
 from .functional import cluster_contrast_loss
-from ..updates import hardest_momentum_update_, normalized_centroids, sequential_momentum_update_
+from ..updates import batch_momentum_update_, hardest_momentum_update_, normalized_centroids
 
 UPDATES = ("sequential", "hardest")
 
@@ -34,7 +34,6 @@ class ClusterMemory(MemoryHead):
     @torch.no_grad()
     def update(self, features: torch.Tensor, batch: Dict) -> None:
         if self.update_rule == "sequential":
-            rounds = batch.get("multiplicity", {}).get("clusters")
-            sequential_momentum_update_(self.memory, features, batch["clusters"], self.momentum, rounds)
+            batch_momentum_update_(self.memory, features, batch, "clusters", self.momentum)
         else:
             hardest_momentum_update_(self.memory, features, batch["clusters"], self.momentum)

@@ -9,7 +9,7 @@ from ...structures import PseudoLabels
 from ..base import MEMORY_HEAD_REGISTRY, MemoryHead
 from .functional import (cluster_contrast_loss, init_instance_memory, instance_loss, replace_instances_,
                     update_proxy_b_)
-from ..updates import hardest_momentum_update_, normalized_centroids, sequential_momentum_update_
+from ..updates import batch_momentum_update_, hardest_momentum_update_, normalized_centroids
 
 PROXY_A_UPDATES = ("sequential", "hardest")
 
@@ -101,8 +101,7 @@ class DiscrepantProxyMemory(MemoryHead):
         labels = batch["clusters"]
         proxies_a, proxies_b = self.proxies[:self.num_clusters], self.proxies[self.num_clusters:]
         if self.update_rule == "sequential":
-            rounds = batch.get("multiplicity", {}).get("clusters")
-            sequential_momentum_update_(proxies_a, features, labels, self.momentum, rounds)
+            batch_momentum_update_(proxies_a, features, batch, "clusters", self.momentum)
         else:
             hardest_momentum_update_(proxies_a, features, labels, self.momentum)
         update_proxy_b_(proxies_b, features, labels, self.momentum)

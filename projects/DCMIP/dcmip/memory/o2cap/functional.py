@@ -53,7 +53,9 @@ def camera_counts(cams: torch.Tensor, num_cams: int) -> torch.Tensor:
 def per_camera_mean(loss_per_image: torch.Tensor, cams: torch.Tensor, num_cams: int,
                     counts: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Batch reduction of every O2CAP loss (METHODS §2, and Eq. 9 as printed): group the batch
-    by camera and sum, over the cameras present, the mean of ℓ over that camera's images.
+    by camera and sum, over the cameras present, the mean of ℓ over that camera's images, i.e.
+    ``Σ_i ℓ_i / n_{c_i}`` with n_c the batch's images of camera c: one product with the (B,)
+    image weights.
 
     Args:
         loss_per_image: (B,) ℓ_i, or (L, B) for L losses reduced at once (result (L,)).
@@ -63,11 +65,11 @@ def per_camera_mean(loss_per_image: torch.Tensor, cams: torch.Tensor, num_cams: 
             one process's share of it (default: :func:`camera_counts` of ``cams``). The
             per-process results then add up to the reduction of the whole batch.
     """
-    sums = loss_per_image.new_zeros(loss_per_image.shape[:-1] + (num_cams,)).index_add(-1, cams, loss_per_image)
     if counts is None:
         counts = camera_counts(cams, num_cams)
-    # Absent cameras have sum 0 and count 0: the clamp makes them contribute 0 instead of NaN.
-    return (sums / counts.to(sums.dtype).clamp(min=1)).sum(dim=-1)
+    # Every camera of ``cams`` has count >= 1; the clamp only guards the cameras absent.
+    weights = counts.to(loss_per_image.dtype).clamp(min=1).reciprocal().index_select(0, cams)
+    return loss_per_image @ weights
 
 
 def hard_negative_candidates(negative_rank: torch.Tensor, k1: int, *positive_sets: ProxySet) -> torch.Tensor:
@@ -107,14 +109,16 @@ def top_columns(values: torch.Tensor, k: int) -> torch.Tensor:
     if columns % _GROUP:
         maxima = torch.cat([maxima, values[:, groups * _GROUP:]], dim=1)
     chosen = maxima.topk(k, dim=1, sorted=False).indices
+    offsets = groups * torch.arange(_GROUP, device=values.device)
+    if not columns % _GROUP:
+        members = (chosen.unsqueeze(2) + offsets).view(rows, -1)
+        return members.gather(1, values.gather(1, members).topk(k, dim=1).indices)
     leftover = chosen >= groups
     # A leftover group g >= G is the single column g + 7 G, in slot 0; its other slots are void.
-    offsets = groups * torch.arange(_GROUP, device=values.device)
     members = torch.where(leftover.unsqueeze(2), (chosen + (_GROUP - 1) * groups).unsqueeze(2),
                           chosen.unsqueeze(2) + offsets).view(rows, -1)
     entries = values.gather(1, members)
-    if columns % _GROUP:
-        entries.masked_fill_((leftover.unsqueeze(2) & (offsets > 0)).view(rows, -1), float("-inf"))
+    entries.masked_fill_((leftover.unsqueeze(2) & (offsets > 0)).view(rows, -1), float("-inf"))
     return members.gather(1, entries.topk(k, dim=1).indices)
 
 
@@ -140,19 +144,32 @@ def contrast_with_hard_negatives(scores, positives: ProxySet, candidates: torch.
 def contrastive_terms(scores, positive_sets: Sequence[ProxySet], candidates: torch.Tensor,
                       k1: int) -> torch.Tensor:
     """(L, B) :func:`contrast_with_hard_negatives` for L positive sets whose negatives come from
-    the same ``candidates`` (e.g. L_off and L_on, both ranked by s), in one pass: the positive
-    sets are padded to a common width and stacked, the (B, L M + K) scores they all need are
-    read with a single gather, and the gradient is formed directly (:class:`_MultiPositiveContrast`)."""
+    the same ``candidates`` (e.g. L_off and L_on, both ranked by s), in one pass: the (B, N)
+    scores they all need (every set's positives, then the shared candidates) are read with a
+    single gather, each set's P ∪ Q is a mask over those N columns, and the gradient is formed
+    directly (:class:`_MultiPositiveContrast`); with :class:`SparseScores` it goes straight to
+    the features."""
     width = max(p.index.shape[1] for p in positive_sets)
     index = torch.stack([_pad_columns(p.index, width) for p in positive_sets])
     valid = torch.stack([_pad_columns(p.valid, width) for p in positive_sets])
-    batch = valid.shape[1]
-    # Invalid slots become -1, which matches no candidate.
-    outside = (candidates.unsqueeze(2) != index.masked_fill(~valid, -1).unsqueeze(2)).all(dim=3)
+    num_sets, batch = valid.shape[:2]
+    # (L, B, K): candidates outside P. Invalid slots become -1, which matches no candidate; the
+    # comparison is summed over the M slots of a middle axis, which vectorises over the K
+    # candidates (a reduction over the last axis of width M does not).
+    outside = (candidates.unsqueeze(1) == index.masked_fill(~valid, -1).unsqueeze(3)).sum(dim=2) == 0
     # Q: the candidates outside P whose rank among those is at most K1.
     q_valid = outside & (outside.cumsum(dim=2) <= k1)
-    gathered = scores.gather(1, torch.cat([index.transpose(0, 1).reshape(batch, -1), candidates], dim=1))
-    return _MultiPositiveContrast.apply(gathered, torch.cat([valid, q_valid], dim=2), width)
+    columns = torch.cat([index.transpose(0, 1).reshape(batch, -1), candidates], dim=1)
+    # Set l's positives are its own block of the L M positive columns.
+    own_block = torch.eye(num_sets, dtype=torch.bool, device=valid.device).view(num_sets, 1, num_sets, 1)
+    positive = (valid.unsqueeze(2) & own_block).view(num_sets, batch, -1)
+    positive_weight = positive.to(scores.detach().dtype)
+    positive_weight /= positive_weight.sum(dim=2, keepdim=True)  # 1/|P| on P, 0 elsewhere
+    members = torch.cat([positive, q_valid], dim=2)
+    if isinstance(scores, SparseScores):
+        return _MultiPositiveContrast.apply(scores.features, scores.values, scores.memory, columns, members,
+                                            positive_weight)
+    return _MultiPositiveContrast.apply(scores.gather(1, columns), None, None, None, members, positive_weight)
 
 
 def _pad_columns(table: torch.Tensor, width: int) -> torch.Tensor:
@@ -162,39 +179,41 @@ def _pad_columns(table: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class _MultiPositiveContrast(torch.autograd.Function):
-    """The terms of :func:`contrastive_terms` from the gathered scores, with their gradient
-    ``softmax over P ∪ Q - 1/|P| on P`` formed in the forward pass: a handful of operations
-    instead of autograd's trace through the padding, masking and log-sum-exp.
+    """The terms of :func:`contrastive_terms`, with their gradient ``softmax over P ∪ Q - 1/|P|
+    on P`` formed in the forward pass: a handful of operations instead of autograd's trace
+    through the masking and log-sum-exp.
 
-    ``gathered`` (B, L M + K) holds the M (padded) positive slots of each of the L sets, then
-    the K shared candidates; ``valid`` (L, B, M + K) the slots that belong to P and to Q."""
+    Dense: ``source`` (B, N) holds the gathered scores (``values``, ``memory``, ``columns``
+    None). Sparse: ``source`` is ``f / tau`` (B, d), the scores are read from ``values`` (B, Z)
+    at ``columns`` (B, N), and the gradient ``Σ_j g_ij K[columns_ij]`` is summed straight from
+    the memory rows (``embedding_bag``), never through a (B, Z) gradient. ``members`` (L, B, N)
+    marks each set's P ∪ Q; ``positive_weight`` (L, B, P) holds 1/|P| on the first P columns."""
 
     @staticmethod
-    def forward(ctx, gathered: torch.Tensor, valid: torch.Tensor, width: int) -> torch.Tensor:
-        num_sets, batch = valid.shape[:2]
-        positive = gathered[:, :num_sets * width].view(batch, num_sets, width).transpose(0, 1)
-        negative = gathered[:, num_sets * width:].expand(num_sets, -1, -1)
-        logits = torch.cat([positive, negative], dim=2).masked_fill_(~valid, float("-inf"))
+    def forward(ctx, source, values, memory, columns, members, positive_weight):
+        gathered = source if memory is None else values.gather(1, columns)
+        logits = torch.where(members, gathered, float("-inf"))
         log_normaliser = logits.logsumexp(dim=2)
-        positive_weight = valid[:, :, :width].to(gathered.dtype)
-        positive_weight /= positive_weight.sum(dim=2, keepdim=True)  # 1/|P| on P, 0 elsewhere
-        mean_positive = (positive * positive_weight).sum(dim=2)
+        width = positive_weight.shape[2]
+        mean_positive = (positive_weight * gathered[:, :width]).sum(dim=2)
         # d ℓ / d s: the softmax (exactly 0 outside P ∪ Q), minus 1/|P| on P.
         grad = logits.sub_(log_normaliser.unsqueeze(2)).exp_()
         grad[:, :, :width].sub_(positive_weight)
-        ctx.save_for_backward(grad)
-        ctx.width = width
+        ctx.save_for_backward(grad, memory, columns)
+        ctx.source_dtype = source.dtype
         return log_normaliser - mean_positive
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_terms: torch.Tensor):
-        grad, = ctx.saved_tensors
-        width = ctx.width
-        grad = grad * grad_terms.unsqueeze(2)
-        positive = grad[:, :, :width].transpose(0, 1).reshape(grad.shape[1], -1)
-        # The candidates are shared by the L sets: their gradients add up.
-        return torch.cat([positive, grad[:, :, width:].sum(dim=0)], dim=1), None, None
+        grad, memory, columns = ctx.saved_tensors
+        # Every set reads the same N columns: their gradients add up.
+        grad = (grad * grad_terms.unsqueeze(2)).sum(dim=0)
+        if memory is not None:
+            # Padded slots repeat a column and carry a zero gradient: they add exact zeros.
+            grad = F.embedding_bag(columns, memory, per_sample_weights=grad.to(memory.dtype),
+                                   mode="sum").to(ctx.source_dtype)
+        return grad, None, None, None, None, None
 
 
 def group_table(proxy_group: torch.Tensor, num_groups: int) -> ProxySet:
@@ -321,27 +340,18 @@ def balanced_query(features: torch.Tensor, memory: torch.Tensor, proxies: torch.
 
 
 @torch.no_grad()
-def distinct_proxy_queries(memory: torch.Tensor, proxies: torch.Tensor, weight: float,
-                           bound: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def distinct_proxy_queries(memory: torch.Tensor, distinct: torch.Tensor, weight: float) -> torch.Tensor:
     """The proxy half of Eq. 5's balanced similarity for the batch's distinct proxies only:
-    ``(1-w) K'[u]`` (U, d) for the distinct z̃ values u, and (B,) the row of each image's z̃ in
-    it; see :func:`balanced_similarity`. A batch of P proxies x K images needs P rows, not B.
+    ``(1-w) K'[u]`` (U, d) for the distinct z̃ values u (:class:`~dcmip.structures.LabelGroups`'
+    ``labels``); see :func:`balanced_similarity`. A batch of P proxies x K images needs P rows,
+    not B.
 
     Args:
         memory: (Z, d) K'.
-        proxies: (B,) z̃.
+        distinct: (U,) the distinct z̃.
         weight: w.
-        bound: a host-side upper bound on the number of distinct z̃ (the collation counts
-            them), which fixes U = bound without reading the data back; spare rows repeat
-            the smallest z̃.
     """
-    sorted_proxies, order = proxies.sort()
-    is_new = torch.ones_like(proxies, dtype=torch.bool)
-    is_new[1:] = sorted_proxies[1:] != sorted_proxies[:-1]
-    row = is_new.cumsum(0) - 1
-    # Repeated proxies write the same value to their row.
-    distinct = sorted_proxies[:1].repeat(bound).scatter_(0, row, sorted_proxies)
-    return (1.0 - weight) * memory[distinct], torch.empty_like(row).scatter_(0, order, row)
+    return (1.0 - weight) * memory.index_select(0, distinct)
 
 
 @torch.no_grad()
@@ -349,7 +359,7 @@ def balanced_similarity(scores: torch.Tensor, proxy_similarities: torch.Tensor, 
                         temp: float, weight: float) -> torch.Tensor:
     """(B, Z) b of Eq. 5, ``b_j = w f·K'[j] + (1-w) K'[z̃]·K'[j]``, from the scores
     ``s = f K'^T / tau`` and the similarities of :func:`distinct_proxy_queries`' rows to K'
-    (``proxy_similarities`` (U, Z), row ``inverse[i]`` for image i)."""
+    (``proxy_similarities`` (U, Z), row ``inverse[i]`` for image i: the groups' ``inverse``)."""
     return proxy_similarities.index_select(0, inverse).add_(scores, alpha=weight * temp)
 
 

@@ -21,7 +21,7 @@ from .functional import (ASSOCIATION_STATISTICS, ProxySet, association_statistic
                          balanced_similarity, base2_loss, base_loss, contrastive_terms, distinct_proxy_queries,
                          group_table, hard_negative_candidates, intra_loss, memory_scores, merged_positives,
                          offline_positives, online_positives, per_camera_mean, camera_counts)
-from ..updates import normalized_centroids, sequential_momentum_update_
+from ..updates import batch_momentum_update_, normalized_centroids
 
 PROXY_LOSSES = ("offline", "online", "merge", "intra")
 CLUSTER_LOSSES = ("base", "base2")
@@ -143,18 +143,19 @@ class CameraAwareProxyMemory(MemoryHead):
         memory (O2CAP ``spcl/models/hm_for_baseline.py``, ``HybridMemory.forward``:
         ``F.cross_entropy(inputs, targets)``)."""
         cams, clusters, proxies = batch["camids"], batch["clusters"], batch["proxies"]
+        # (loss names) -> their (L, B) per-image terms, kept stacked as computed.
         losses = {}
         if self.uses_proxies:
             memory = self.proxy_memory
             f = features.to(memory.dtype)
             # Without L_intra every proxy loss reads a few scores per image: sparse backward.
             sparse = "intra" not in self.losses
-            distinct = batch.get("distinct", {}).get("proxies")
-            if self.associates_online and distinct is not None:
+            groups = batch.get("groups", {}).get("proxies")
+            if self.associates_online and groups is not None:
                 # Eq. 5's proxy half from one product row per distinct proxy, in the scores' matmul.
-                queries, inverse = distinct_proxy_queries(memory, proxies, self.balance_weight, distinct)
+                queries = distinct_proxy_queries(memory, groups.labels, self.balance_weight)
                 scores, similarities = memory_scores(f, memory, self.temp, queries, sparse)
-                balanced = balanced_similarity(scores.detach(), similarities, inverse, self.temp,
+                balanced = balanced_similarity(scores.detach(), similarities, groups.inverse, self.temp,
                                                self.balance_weight)
             elif self.associates_online:
                 scores, balanced = memory_scores(f, memory, self.temp,
@@ -163,7 +164,7 @@ class CameraAwareProxyMemory(MemoryHead):
                 scores = memory_scores(f, memory, self.temp, sparse=sparse)
             ranks = {"instance": scores.detach()}
             if "intra" in self.losses:
-                losses["loss_intra"] = intra_loss(scores, proxies, cams, self.proxy_cam)
+                losses[("loss_intra",)] = intra_loss(scores, proxies, cams, self.proxy_cam).unsqueeze(0)
             if "offline" in self.losses or self.associates_online:
                 offline = offline_positives(clusters, ProxySet(self.cluster_proxies, self.cluster_proxies_valid))
             if self.associates_online:
@@ -185,23 +186,25 @@ class CameraAwareProxyMemory(MemoryHead):
                 chosen = {name: p for name, (p, r) in contrastive.items() if r == ranking}
                 candidates = hard_negative_candidates(ranks[ranking], self.k1, *chosen.values())
                 terms = contrastive_terms(scores, tuple(chosen.values()), candidates, self.k1)
-                losses.update((f"loss_{name}", term) for name, term in zip(chosen, terms))
+                losses[tuple(f"loss_{name}" for name in chosen)] = terms
         if self.uses_clusters:
             memory = self.cluster_memory
             cluster_scores = memory_scores(features.to(memory.dtype), memory, self.temp)
             if "base" in self.losses:
-                losses["loss_base"] = base_loss(cluster_scores, clusters)
+                losses[("loss_base",)] = base_loss(cluster_scores, clusters).unsqueeze(0)
             if "base2" in self.losses:
-                losses["loss_base2"] = base2_loss(cluster_scores, clusters, self.k1)
-        plain_mean = {"loss_base", "loss_base2"} if self.baseline_reduction == "mean" else set()
-        reduced = {name: losses[name].mean() for name in losses if name in plain_mean}
-        per_camera = [name for name in losses if name not in plain_mean]
+                losses[("loss_base2",)] = base2_loss(cluster_scores, clusters, self.k1).unsqueeze(0)
+        plain_mean = {("loss_base",), ("loss_base2",)} if self.baseline_reduction == "mean" else set()
+        reduced = {names[0]: terms.mean() for names, terms in losses.items() if names in plain_mean}
+        per_camera = [names for names in losses if names not in plain_mean]
         if per_camera:
             # The per-camera losses in one reduction (a few operations instead of a few per loss).
             counts, world_size = self._batch_camera_counts(cams)
-            values = per_camera_mean(torch.stack([losses[name] for name in per_camera]), cams, self.num_cams, counts)
-            reduced.update(zip(per_camera, (world_size * values if world_size > 1 else values).unbind()))
-        return {name: reduced[name] for name in losses}
+            terms = torch.cat([losses[names] for names in per_camera]) if len(per_camera) > 1 else losses[per_camera[0]]
+            values = per_camera_mean(terms, cams, self.num_cams, counts)
+            names = [name for block in per_camera for name in block]
+            reduced.update(zip(names, (world_size * values if world_size > 1 else values).unbind()))
+        return {name: reduced[name] for names in losses for name in names}
 
     def _batch_camera_counts(self, cams: torch.Tensor):
         """Images per camera of the global batch, and the number of processes sharing it.
@@ -221,13 +224,10 @@ class CameraAwareProxyMemory(MemoryHead):
     @torch.no_grad()
     def update(self, features: torch.Tensor, batch: Dict) -> None:
         """Eq. 1 per image in batch order, exactly, in ``multiplicity`` vectorised rounds."""
-        multiplicity = batch.get("multiplicity", {})
         if self.uses_proxies:
-            sequential_momentum_update_(self.proxy_memory, features, batch["proxies"], self.momentum,
-                                        multiplicity.get("proxies"))
+            batch_momentum_update_(self.proxy_memory, features, batch, "proxies", self.momentum)
         if self.uses_clusters:
-            sequential_momentum_update_(self.cluster_memory, features, batch["clusters"], self.momentum,
-                                        multiplicity.get("clusters"))
+            batch_momentum_update_(self.cluster_memory, features, batch, "clusters", self.momentum)
 
     @torch.no_grad()
     def epoch_statistics(self) -> Dict[str, float]:
