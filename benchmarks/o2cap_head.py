@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 import dcmip  # noqa: E402,F401
 from dcmip.config import add_dcmip_config  # noqa: E402
 from dcmip.memory import build_memory_head  # noqa: E402
+from dcmip.modeling.normalize import l2_normalize  # noqa: E402
 from dcmip.sampling import build_sampler  # noqa: E402
 from dcmip.structures import LabelGroups, PseudoLabels  # noqa: E402
 from fastreid.config import get_cfg  # noqa: E402
@@ -112,8 +113,8 @@ def benchmark(dim: int, losses, steps: int, clock):
                         "camids": pseudo.cams[rows], "index": rows,
                         "multiplicity": {"clusters": BATCH, "proxies": cfg.UNSUP.SAMPLER.NUM_INSTANCES},
                         # What the training collation prepares on the host (collate_with_multiplicity).
-                        "groups": {key: LabelGroups.from_labels(getattr(pseudo, key)[rows])
-                                   for key in ("clusters", "proxies")},
+                        "groups": {key: LabelGroups.from_labels(labels[rows]) for key, labels in
+                                   (("clusters", pseudo.clusters), ("proxies", pseudo.proxies), ("camids", pseudo.cams))},
                         "raw": torch.randn(BATCH, dim, generator=g)})
 
     ours = build_memory_head(cfg)
@@ -121,7 +122,7 @@ def benchmark(dim: int, losses, steps: int, clock):
 
     def our_step(batch):
         raw = batch["raw"].clone().requires_grad_()
-        features = F.normalize(raw, dim=1)
+        features = l2_normalize(raw)  # the model's normalisation (dcmip.modeling.normalize)
         sum(ours(features, batch).values()).backward()
         ours.update(features.detach(), batch)
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from dcmip.memory.o2cap.functional import (ProxySet, balanced_similarity, contrastive_terms, distinct_proxy_queries,
-                                           hard_negative_candidates, memory_scores, top_columns)
+                                           hard_negative_candidates, memory_scores, top_columns, _order_keys)
 from dcmip.memory.o2cap.head import CameraAwareProxyMemory
 from dcmip.structures import LabelGroups
 from naive_o2cap import NaiveO2CAPHead, naive_multi_positive
@@ -24,6 +24,17 @@ def test_top_columns_is_topk(columns, k):
     values[0, -(columns % 8 or 1):] += 10
     values[1, torch.arange(0, columns, columns // 8)[:8]] += 10
     assert torch.equal(top_columns(values, k), values.topk(k, dim=1).indices)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_order_keys_rank_like_the_floats(dtype):
+    """Negative, positive, tiny, huge and infinite values: the integer keys sort the same way."""
+    g = torch.Generator().manual_seed(0)
+    values = torch.cat([torch.randn(200, generator=g, dtype=dtype) * 10 ** torch.randint(-30, 30, (200,), generator=g),
+                        torch.tensor([0.0, float("inf"), float("-inf"), 1e-45, -1e-45], dtype=dtype)])
+    keys = _order_keys(values)
+    assert keys.dtype in (torch.int32, torch.int64)
+    assert torch.equal(values[keys.argsort()], values.sort().values)
 
 
 # ---- contrastive_terms -----------------------------------------------------------------------
@@ -68,14 +79,17 @@ def test_contrastive_terms_match_the_per_image_terms(sparse, k1):
     torch.testing.assert_close(grad, expected_grad, atol=1e-12, rtol=0)
 
 
-def test_sparse_scores_gradcheck():
+def test_sparse_contrastive_terms_gradcheck():
+    """The sparse path's gradient (read from the memory rows) against finite differences."""
     g = torch.Generator().manual_seed(0)
     memory = torch.randn(9, 4, generator=g, dtype=torch.float64)
     f = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    index = torch.tensor([[0, 8, 8], [3, 3, 1], [2, 5, 7]])
+    sets = random_sets(3, 9, (2, 3), g)
     scores = memory_scores(f, memory, 0.5, sparse=True)
     assert torch.allclose(scores.values, f.detach() @ memory.t() / 0.5)
-    assert torch.autograd.gradcheck(lambda x: memory_scores(x, memory, 0.5, sparse=True).gather(1, index), (f,))
+    candidates = hard_negative_candidates(scores.values, 4, *sets)
+    assert torch.autograd.gradcheck(
+        lambda x: contrastive_terms(memory_scores(x, memory, 0.5, sparse=True), sets, candidates, 4), (f,))
 
 
 # ---- Eq. 5 from the distinct proxies ----------------------------------------------------------
@@ -101,8 +115,8 @@ ROWS = [(("offline", "online"), "instance"), (("offline", "online"), "balanced")
 
 
 def grouped(batch):
-    """The batch with the collation's host-side grouping by cluster and by proxy."""
-    return {**batch, "groups": {k: LabelGroups.from_labels(batch[k]) for k in ("clusters", "proxies")}}
+    """The batch with the collation's host-side grouping by cluster, proxy and camera."""
+    return {**batch, "groups": {k: LabelGroups.from_labels(batch[k]) for k in ("clusters", "proxies", "camids")}}
 
 
 @pytest.mark.parametrize("losses,negatives", ROWS)

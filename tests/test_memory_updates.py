@@ -136,6 +136,7 @@ def test_label_groups_known_case():
     assert groups.occurrence.tolist() == [[0, 1, 3], [2, 4, 3], [5, 1, 3]]
     assert groups.present.tolist() == [[True, True, True], [True, True, False], [True, False, False]]
     assert groups.rounds == 3 and not groups.complete
+    torch.testing.assert_close(groups.mean_weights, torch.tensor([1 / 3, 1 / 2, 1 / 3, 1, 1 / 2, 1 / 3], dtype=torch.float64))
     assert LabelGroups.from_labels([4, 2, 2, 4]).complete
 
 

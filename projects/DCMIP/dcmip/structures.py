@@ -73,6 +73,8 @@ class LabelGroups(NamedTuple):
             label occurs fewer than r + 1 times, its first occurrence (masked by ``present``).
         present: (R, U) whether the label occurs more than r times.
         complete: every label occurs R times (``present`` is all True), known on the host.
+        mean_weights: (B,) 1 / the number of images of the image's label: the weights of a
+            per-label mean (O2CAP's per-camera reduction, with the batch grouped by camera).
         batch_labels: (B,) the labels themselves, on the host: what processes exchange to
             group a batch gathered across them.
     """
@@ -81,6 +83,7 @@ class LabelGroups(NamedTuple):
     occurrence: torch.Tensor
     present: torch.Tensor
     complete: bool
+    mean_weights: torch.Tensor
     batch_labels: np.ndarray
 
     @property
@@ -106,10 +109,13 @@ class LabelGroups(NamedTuple):
         seen = np.arange(len(batch_labels)) - np.repeat(np.cumsum(counts[order]) - counts[order], counts[order])
         occurrence[seen, inverse[by_row]] = by_row
         present = np.arange(rounds)[:, None] < counts[order][None, :]
+        # float64: cast to the losses' dtype, 1 / n rounds as if computed there.
+        mean_weights = 1.0 / counts[order][inverse].astype(np.float64)
         return cls(torch.from_numpy(labels[order]), torch.from_numpy(inverse), torch.from_numpy(occurrence),
-                   torch.from_numpy(present), bool(present.all()), batch_labels)
+                   torch.from_numpy(present), bool(present.all()), torch.from_numpy(mean_weights), batch_labels)
 
     def to(self, device, non_blocking: bool = False) -> "LabelGroups":
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
         return self._replace(labels=move(self.labels), inverse=move(self.inverse),
-                             occurrence=move(self.occurrence), present=move(self.present))
+                             occurrence=move(self.occurrence), present=move(self.present),
+                             mean_weights=move(self.mean_weights))

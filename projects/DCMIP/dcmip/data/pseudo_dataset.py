@@ -75,10 +75,10 @@ def collate_with_multiplicity(items: List[Dict]) -> Dict:
     """fastreid's collation, plus host-side counts that memories use instead of reading them
     back from the device (METHODS §5): ``multiplicity``, how often one cluster / proxy occurs
     in the batch (the round count of the sequential update), and ``groups``, the batch grouped
-    by cluster and by proxy (:class:`LabelGroups`: the memories' per-label bookkeeping, done
-    here in the loader's workers instead of in the training step)."""
+    by cluster, by proxy and by camera (:class:`LabelGroups`: the memories' per-label
+    bookkeeping, done here in the loader's workers instead of in the training step)."""
     batch = fast_batch_collator(items)
     keys = ("clusters", "proxies")
-    batch["groups"] = {key: LabelGroups.from_labels([item[key] for item in items]) for key in keys}
+    batch["groups"] = {key: LabelGroups.from_labels([item[key] for item in items]) for key in keys + ("camids",)}
     batch["multiplicity"] = {key: int(np.bincount([item[key] for item in items]).max()) for key in keys}
     return batch

@@ -3,7 +3,6 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastreid.layers.weight_init import weights_init_kaiming
@@ -15,6 +14,7 @@ from fastreid.utils import comm
 
 from ..memory import build_memory_head
 from ..structures import LabelGroups
+from .normalize import l2_normalize
 
 
 @REID_HEADS_REGISTRY.register()
@@ -60,7 +60,7 @@ class UnsupervisedReID(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in [0, 255] -> (B, d) L2-normalised embeddings."""
         images = (images.to(self.device, non_blocking=True) - self.pixel_mean) / self.pixel_std
-        return F.normalize(self.heads(self.backbone(images)), dim=1)
+        return l2_normalize(self.heads(self.backbone(images)))
 
     def forward(self, batched_inputs: Dict):
         features = self.embed(batched_inputs["images"])

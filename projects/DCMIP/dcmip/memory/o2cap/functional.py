@@ -17,6 +17,7 @@ fixed by the inputs' shapes and the hyper-parameters: no per-image loop, no ``no
 
 Nothing here imports fastreid.
 """
+import functools
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -50,26 +51,36 @@ def camera_counts(cams: torch.Tensor, num_cams: int) -> torch.Tensor:
     return torch.zeros(num_cams, device=cams.device).index_add_(0, cams, torch.ones(cams.shape, device=cams.device))
 
 
-def per_camera_mean(loss_per_image: torch.Tensor, cams: torch.Tensor, num_cams: int,
-                    counts: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Batch reduction of every O2CAP loss (METHODS §2, and Eq. 9 as printed): group the batch
-    by camera and sum, over the cameras present, the mean of ℓ over that camera's images, i.e.
-    ``Σ_i ℓ_i / n_{c_i}`` with n_c the batch's images of camera c: one product with the (B,)
-    image weights.
+def camera_mean_weights(cams: torch.Tensor, num_cams: int, counts: Optional[torch.Tensor] = None,
+                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B,) ``1 / n_{c_i}``, with n_c the images of camera c in the batch: ``ℓ @ weights`` is
+    :func:`per_camera_mean`.
 
     Args:
-        loss_per_image: (B,) ℓ_i, or (L, B) for L losses reduced at once (result (L,)).
         cams: (B,) camera of each image, in [0, num_cams).
         num_cams: number of cameras of the dataset; a fixed size keeps the reduction sync-free.
-        counts: (num_cams,) images per camera of the whole batch when ``loss_per_image`` is
-            one process's share of it (default: :func:`camera_counts` of ``cams``). The
-            per-process results then add up to the reduction of the whole batch.
+        counts: (num_cams,) images per camera of the whole batch when the images are one
+            process's share of it (default: :func:`camera_counts` of ``cams``).
+        dtype: of the weights (the losses').
     """
     if counts is None:
         counts = camera_counts(cams, num_cams)
     # Every camera of ``cams`` has count >= 1; the clamp only guards the cameras absent.
-    weights = counts.to(loss_per_image.dtype).clamp(min=1).reciprocal().index_select(0, cams)
-    return loss_per_image @ weights
+    return counts.to(dtype).clamp(min=1).reciprocal().index_select(0, cams)
+
+
+def per_camera_mean(loss_per_image: torch.Tensor, cams: torch.Tensor, num_cams: int,
+                    counts: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Batch reduction of every O2CAP loss (METHODS §2, and Eq. 9 as printed): group the batch
+    by camera and sum, over the cameras present, the mean of ℓ over that camera's images, i.e.
+    ``Σ_i ℓ_i / n_{c_i}``: one product with :func:`camera_mean_weights`. With ``counts`` of the
+    whole batch, the results of the processes sharing it add up to the whole batch's.
+
+    Args:
+        loss_per_image: (B,) ℓ_i, or (L, B) for L losses reduced at once (result (L,)).
+        cams, num_cams, counts: as :func:`camera_mean_weights`.
+    """
+    return loss_per_image @ camera_mean_weights(cams, num_cams, counts, loss_per_image.dtype)
 
 
 def hard_negative_candidates(negative_rank: torch.Tensor, k1: int, *positive_sets: ProxySet) -> torch.Tensor:
@@ -90,6 +101,22 @@ def hard_negative_candidates(negative_rank: torch.Tensor, k1: int, *positive_set
 _GROUP = 8
 
 
+#: The signed integer type of a floating type's width (see :func:`_order_keys`).
+_KEY_TYPES = {torch.float32: torch.int32, torch.float64: torch.int64}
+
+
+def _order_keys(values: torch.Tensor) -> torch.Tensor:
+    """Integers in the order of ``values`` (NaN-free): the float's bits, with the magnitude
+    bits of negative numbers flipped. CPU top-k on integers skips the NaN-aware float
+    comparison and takes two thirds of the time. -0.0 ranks just below +0.0, where the float
+    comparison calls them equal (a tie, whose order top-k leaves unspecified anyway)."""
+    key_type = _KEY_TYPES.get(values.dtype)
+    if key_type is None:
+        return values
+    bits = values.view(key_type)
+    return bits ^ ((bits >> (bits.element_size() * 8 - 1)) & torch.iinfo(key_type).max)
+
+
 def top_columns(values: torch.Tensor, k: int) -> torch.Tensor:
     """(R, k) the columns of the k largest entries of every row, largest first:
     ``values.topk(k, dim=1).indices``, found in two passes when the rows are long.
@@ -99,6 +126,7 @@ def top_columns(values: torch.Tensor, k: int) -> torch.Tensor:
     the largest maxima (an entry of another group is exceeded by those k maxima), so a top-k
     over the (R, G) group maxima and one over the k x 8 entries of the chosen groups replace
     the top-k over all the columns, which costs twice as much at Z = 4,024, k = 56 on CPU.
+    Both passes rank :func:`_order_keys`.
     """
     rows, columns = values.shape
     groups = columns // _GROUP
@@ -108,18 +136,18 @@ def top_columns(values: torch.Tensor, k: int) -> torch.Tensor:
     maxima = values[:, :groups * _GROUP].view(rows, _GROUP, groups).amax(dim=1)
     if columns % _GROUP:
         maxima = torch.cat([maxima, values[:, groups * _GROUP:]], dim=1)
-    chosen = maxima.topk(k, dim=1, sorted=False).indices
+    chosen = _order_keys(maxima).topk(k, dim=1, sorted=False).indices
     offsets = groups * torch.arange(_GROUP, device=values.device)
     if not columns % _GROUP:
         members = (chosen.unsqueeze(2) + offsets).view(rows, -1)
-        return members.gather(1, values.gather(1, members).topk(k, dim=1).indices)
+        return members.gather(1, _order_keys(values.gather(1, members)).topk(k, dim=1).indices)
     leftover = chosen >= groups
     # A leftover group g >= G is the single column g + 7 G, in slot 0; its other slots are void.
     members = torch.where(leftover.unsqueeze(2), (chosen + (_GROUP - 1) * groups).unsqueeze(2),
                           chosen.unsqueeze(2) + offsets).view(rows, -1)
     entries = values.gather(1, members)
     entries.masked_fill_((leftover.unsqueeze(2) & (offsets > 0)).view(rows, -1), float("-inf"))
-    return members.gather(1, entries.topk(k, dim=1).indices)
+    return members.gather(1, _order_keys(entries).topk(k, dim=1).indices)
 
 
 def contrast_with_hard_negatives(scores, positives: ProxySet, candidates: torch.Tensor, k1: int) -> torch.Tensor:
@@ -145,57 +173,63 @@ def contrastive_terms(scores, positive_sets: Sequence[ProxySet], candidates: tor
                       k1: int) -> torch.Tensor:
     """(L, B) :func:`contrast_with_hard_negatives` for L positive sets whose negatives come from
     the same ``candidates`` (e.g. L_off and L_on, both ranked by s), in one pass: the (B, N)
-    scores they all need (every set's positives, then the shared candidates) are read with a
-    single gather, each set's P ∪ Q is a mask over those N columns, and the gradient is formed
-    directly (:class:`_MultiPositiveContrast`); with :class:`SparseScores` it goes straight to
-    the features."""
-    width = max(p.index.shape[1] for p in positive_sets)
-    index = torch.stack([_pad_columns(p.index, width) for p in positive_sets])
-    valid = torch.stack([_pad_columns(p.valid, width) for p in positive_sets])
-    num_sets, batch = valid.shape[:2]
-    # (L, B, K): candidates outside P. Invalid slots become -1, which matches no candidate; the
-    # comparison is summed over the M slots of a middle axis, which vectorises over the K
-    # candidates (a reduction over the last axis of width M does not).
-    outside = (candidates.unsqueeze(1) == index.masked_fill(~valid, -1).unsqueeze(3)).sum(dim=2) == 0
+    scores they all need (every set's positive slots side by side, then the shared candidates)
+    are read with a single gather, each set's P ∪ Q is a mask over those N columns, and the
+    gradient is formed directly (:class:`_MultiPositiveContrast`); with :class:`SparseScores`
+    it goes straight to the features."""
+    index = torch.cat([p.index for p in positive_sets], dim=1)
+    valid = torch.cat([p.valid for p in positive_sets], dim=1)
+    dtype = scores.detach().dtype
+    # (L, M): which of the M positive slots belong to set l.
+    owner = _slot_owner(tuple(p.index.shape[1] for p in positive_sets), index.device, dtype)
+    # (B, L, K): how many valid slots of set l hold each candidate (0 or 1: members are distinct).
+    hits = (index.unsqueeze(2) == candidates.unsqueeze(1)) & valid.unsqueeze(2)
+    outside = torch.matmul(owner, hits.to(dtype)) == 0
     # Q: the candidates outside P whose rank among those is at most K1.
     q_valid = outside & (outside.cumsum(dim=2) <= k1)
-    columns = torch.cat([index.transpose(0, 1).reshape(batch, -1), candidates], dim=1)
-    # Set l's positives are its own block of the L M positive columns.
-    own_block = torch.eye(num_sets, dtype=torch.bool, device=valid.device).view(num_sets, 1, num_sets, 1)
-    positive = (valid.unsqueeze(2) & own_block).view(num_sets, batch, -1)
-    positive_weight = positive.to(scores.detach().dtype)
+    positive = valid.unsqueeze(1) & owner.bool()
+    positive_weight = positive.to(dtype)
     positive_weight /= positive_weight.sum(dim=2, keepdim=True)  # 1/|P| on P, 0 elsewhere
     members = torch.cat([positive, q_valid], dim=2)
+    columns = torch.cat([index, candidates], dim=1)
     if isinstance(scores, SparseScores):
-        return _MultiPositiveContrast.apply(scores.features, scores.values, scores.memory, columns, members,
-                                            positive_weight)
-    return _MultiPositiveContrast.apply(scores.gather(1, columns), None, None, None, members, positive_weight)
+        terms = _MultiPositiveContrast.apply(scores.features, scores.values, scores.memory, columns, members,
+                                             positive_weight)
+    else:
+        terms = _MultiPositiveContrast.apply(scores.gather(1, columns), None, None, None, members, positive_weight)
+    return terms.t()
 
 
-def _pad_columns(table: torch.Tensor, width: int) -> torch.Tensor:
-    """``table`` (R, M) padded with zero columns to (R, width); as is when M = width (one
-    operation less per set on the step's path)."""
-    return table if table.shape[1] == width else F.pad(table, (0, width - table.shape[1]))
+@functools.lru_cache(maxsize=32)
+def _slot_owner(widths: Tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(L, Σ widths) 1 where slot m belongs to set l (the sets' slots side by side). A constant
+    of the configuration, made once instead of a few operations per step."""
+    owner = torch.zeros(len(widths), sum(widths), dtype=dtype, device=device)
+    start = 0
+    for row, width in enumerate(widths):
+        owner[row, start:start + width] = 1
+        start += width
+    return owner
 
 
 class _MultiPositiveContrast(torch.autograd.Function):
-    """The terms of :func:`contrastive_terms`, with their gradient ``softmax over P ∪ Q - 1/|P|
-    on P`` formed in the forward pass: a handful of operations instead of autograd's trace
-    through the masking and log-sum-exp.
+    """The (B, L) terms of :func:`contrastive_terms`, with their gradient ``softmax over P ∪ Q -
+    1/|P| on P`` formed in the forward pass: a handful of operations instead of autograd's
+    trace through the masking and log-sum-exp.
 
     Dense: ``source`` (B, N) holds the gathered scores (``values``, ``memory``, ``columns``
     None). Sparse: ``source`` is ``f / tau`` (B, d), the scores are read from ``values`` (B, Z)
     at ``columns`` (B, N), and the gradient ``Σ_j g_ij K[columns_ij]`` is summed straight from
-    the memory rows (``embedding_bag``), never through a (B, Z) gradient. ``members`` (L, B, N)
-    marks each set's P ∪ Q; ``positive_weight`` (L, B, P) holds 1/|P| on the first P columns."""
+    the memory rows (``embedding_bag``), never through a (B, Z) gradient. ``members`` (B, L, N)
+    marks each set's P ∪ Q; ``positive_weight`` (B, L, M) holds 1/|P| on the first M columns."""
 
     @staticmethod
     def forward(ctx, source, values, memory, columns, members, positive_weight):
         gathered = source if memory is None else values.gather(1, columns)
-        logits = torch.where(members, gathered, float("-inf"))
+        logits = torch.where(members, gathered.unsqueeze(1), float("-inf"))
         log_normaliser = logits.logsumexp(dim=2)
         width = positive_weight.shape[2]
-        mean_positive = (positive_weight * gathered[:, :width]).sum(dim=2)
+        mean_positive = (positive_weight * gathered[:, :width].unsqueeze(1)).sum(dim=2)
         # d ℓ / d s: the softmax (exactly 0 outside P ∪ Q), minus 1/|P| on P.
         grad = logits.sub_(log_normaliser.unsqueeze(2)).exp_()
         grad[:, :, :width].sub_(positive_weight)
@@ -208,7 +242,7 @@ class _MultiPositiveContrast(torch.autograd.Function):
     def backward(ctx, grad_terms: torch.Tensor):
         grad, memory, columns = ctx.saved_tensors
         # Every set reads the same N columns: their gradients add up.
-        grad = (grad * grad_terms.unsqueeze(2)).sum(dim=0)
+        grad = torch.bmm(grad_terms.unsqueeze(1), grad).squeeze(1)
         if memory is not None:
             # Padded slots repeat a column and carry a zero gradient: they add exact zeros.
             grad = F.embedding_bag(columns, memory, per_sample_weights=grad.to(memory.dtype),
@@ -260,36 +294,13 @@ class _ScoresAndQueries(torch.autograd.Function):
         return (grad_scores.to(memory.dtype) @ memory).to(ctx.features_dtype), None, None
 
 
-class _GatheredScores(torch.autograd.Function):
-    """``values.gather(1, index)`` for ``values = features K^T`` computed without gradient,
-    differentiable with respect to ``features``: the gradient ``Σ_j g_ij K[index_ij]`` is
-    summed straight from the gathered memory rows (``embedding_bag``), never through a (B, M)
-    gradient and its (B, M) x (M, d) product."""
-
-    @staticmethod
-    def forward(ctx, features, values, memory, index):
-        ctx.save_for_backward(memory, index)
-        return values.gather(1, index)
-
-    @staticmethod
-    def backward(ctx, grad):
-        memory, index = ctx.saved_tensors
-        # Padded slots repeat an index and carry a zero gradient: they add exact zeros.
-        return F.embedding_bag(index, memory, per_sample_weights=grad.to(memory.dtype), mode="sum"), None, None, None
-
-
 class SparseScores(NamedTuple):
     """The scores ``s = f K^T / tau`` (B, M) for losses that read only a few entries of each
-    row (the contrastive terms): ``values`` holds them without gradient, and :meth:`gather`
-    returns entries whose gradient flows sparsely to ``features`` (``f / tau``)."""
+    row (the contrastive terms): ``values`` holds them without gradient; :func:`contrastive_terms`
+    reads its entries from them and sends their gradient sparsely to ``features`` (``f / tau``)."""
     values: torch.Tensor
     features: torch.Tensor
     memory: torch.Tensor
-
-    def gather(self, dim: int, index: torch.Tensor) -> torch.Tensor:
-        if dim != 1:
-            raise ValueError("SparseScores.gather reads entries along dim 1 (the memory entries)")
-        return _GatheredScores.apply(self.features, self.values, self.memory, index)
 
     def detach(self) -> torch.Tensor:
         return self.values

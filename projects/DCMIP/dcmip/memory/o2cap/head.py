@@ -20,7 +20,7 @@ from ..base import MEMORY_HEAD_REGISTRY, MemoryHead
 from .functional import (ASSOCIATION_STATISTICS, ProxySet, association_statistics, balanced_query,
                          balanced_similarity, base2_loss, base_loss, contrastive_terms, distinct_proxy_queries,
                          group_table, hard_negative_candidates, intra_loss, memory_scores, merged_positives,
-                         offline_positives, online_positives, per_camera_mean, camera_counts)
+                         offline_positives, online_positives, camera_counts, camera_mean_weights)
 from ..updates import batch_momentum_update_, normalized_centroids
 
 PROXY_LOSSES = ("offline", "online", "merge", "intra")
@@ -199,27 +199,34 @@ class CameraAwareProxyMemory(MemoryHead):
         per_camera = [names for names in losses if names not in plain_mean]
         if per_camera:
             # The per-camera losses in one reduction (a few operations instead of a few per loss).
-            counts, world_size = self._batch_camera_counts(cams)
             terms = torch.cat([losses[names] for names in per_camera]) if len(per_camera) > 1 else losses[per_camera[0]]
-            values = per_camera_mean(terms, cams, self.num_cams, counts)
+            weights, world_size = self._camera_mean_weights(batch, terms.dtype)
+            values = terms @ weights
             names = [name for block in per_camera for name in block]
             reduced.update(zip(names, (world_size * values if world_size > 1 else values).unbind()))
         return {name: reduced[name] for names in losses for name in names}
 
-    def _batch_camera_counts(self, cams: torch.Tensor):
-        """Images per camera of the global batch, and the number of processes sharing it.
+    def _camera_mean_weights(self, batch: Dict, dtype: torch.dtype):
+        """(B,) the weights that make ``terms @ weights`` :func:`per_camera_mean` over the
+        global batch, and the number of processes sharing it.
 
-        Under DDP each process holds a slice of the batch and DDP averages the processes'
-        gradients. A plain mean survives that; the per-camera mean does not (a slice's camera
-        counts are not the batch's). So the counts are summed over the processes and each
-        process's loss is scaled by the world size: the averaged gradient is then the
-        single-process gradient of the whole batch, for any number of processes.
+        In one process they are the collation's (the batch grouped by camera on the host), or
+        :func:`camera_mean_weights` of the batch's cameras. Under DDP each process holds a
+        slice of the batch and DDP averages the processes' gradients. A plain mean survives
+        that; the per-camera mean does not (a slice's camera counts are not the batch's). So
+        the counts are summed over the processes and each process's loss is scaled by the
+        world size: the averaged gradient is then the single-process gradient of the whole
+        batch, for any number of processes.
         """
-        counts = camera_counts(cams, self.num_cams)
+        cams = batch["camids"]
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return counts, 1
+            groups = batch.get("groups", {}).get("camids")
+            if groups is not None:
+                return groups.mean_weights.to(dtype), 1
+            return camera_mean_weights(cams, self.num_cams, dtype=dtype), 1
+        counts = camera_counts(cams, self.num_cams)
         dist.all_reduce(counts)  # an asynchronous device op under NCCL: no host sync
-        return counts, dist.get_world_size()
+        return camera_mean_weights(cams, self.num_cams, counts, dtype), dist.get_world_size()
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, batch: Dict) -> None:
