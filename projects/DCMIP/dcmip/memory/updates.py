@@ -103,7 +103,8 @@ def grouped_momentum_update_(memory: torch.Tensor, features: torch.Tensor, group
     if not groups.rounds:
         return memory
     # (R, U, d): the r-th image of every label.
-    ordered = features.to(memory.dtype).index_select(0, groups.occurrence.flatten()).view(groups.rounds, -1, memory.shape[1])
+    features = features if features.dtype == memory.dtype else features.to(memory.dtype)
+    ordered = features.index_select(0, groups.occurrence.flatten()).view(groups.rounds, -1, memory.shape[1])
     state = memory.index_select(0, groups.labels)
     for r in range(groups.rounds):
         # lerp(f, state, m) = m state + (1 - m) f, then F.normalize's division in place.

@@ -27,7 +27,8 @@ class _L2Normalize(torch.autograd.Function):
         y, denom, unclamped = ctx.saved_tensors
         # Where the norm was clamped to eps, y = x / eps is linear in x: no projection term.
         projection = (y * grad).sum(dim=1, keepdim=True).mul_(unclamped)
-        return ((grad - y * projection) / denom).to(ctx.x_dtype), None
+        grad = (grad - y * projection) / denom
+        return (grad if grad.dtype == ctx.x_dtype else grad.to(ctx.x_dtype)), None
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

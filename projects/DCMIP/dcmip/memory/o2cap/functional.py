@@ -101,8 +101,9 @@ def hard_negative_candidates(negative_rank: torch.Tensor, k1: int, *positive_set
 _GROUP = 8
 
 
-#: The signed integer type of a floating type's width (see :func:`_order_keys`).
-_KEY_TYPES = {torch.float32: torch.int32, torch.float64: torch.int64}
+#: A floating type's signed integer type of the same width, its sign shift and largest value
+#: (see :func:`_order_keys`).
+_KEY_TYPES = {torch.float32: (torch.int32, 31, 2 ** 31 - 1), torch.float64: (torch.int64, 63, 2 ** 63 - 1)}
 
 
 def _order_keys(values: torch.Tensor) -> torch.Tensor:
@@ -110,11 +111,11 @@ def _order_keys(values: torch.Tensor) -> torch.Tensor:
     bits of negative numbers flipped. CPU top-k on integers skips the NaN-aware float
     comparison and takes two thirds of the time. -0.0 ranks just below +0.0, where the float
     comparison calls them equal (a tie, whose order top-k leaves unspecified anyway)."""
-    key_type = _KEY_TYPES.get(values.dtype)
-    if key_type is None:
+    if values.dtype not in _KEY_TYPES:
         return values
+    key_type, sign_shift, largest = _KEY_TYPES[values.dtype]
     bits = values.view(key_type)
-    return bits ^ ((bits >> (bits.element_size() * 8 - 1)) & torch.iinfo(key_type).max)
+    return bits ^ ((bits >> sign_shift) & largest)
 
 
 def top_columns(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -137,7 +138,7 @@ def top_columns(values: torch.Tensor, k: int) -> torch.Tensor:
     if columns % _GROUP:
         maxima = torch.cat([maxima, values[:, groups * _GROUP:]], dim=1)
     chosen = _order_keys(maxima).topk(k, dim=1, sorted=False).indices
-    offsets = groups * torch.arange(_GROUP, device=values.device)
+    offsets = _group_offsets(groups, values.device)
     if not columns % _GROUP:
         members = (chosen.unsqueeze(2) + offsets).view(rows, -1)
         return members.gather(1, _order_keys(values.gather(1, members)).topk(k, dim=1).indices)
@@ -148,6 +149,12 @@ def top_columns(values: torch.Tensor, k: int) -> torch.Tensor:
     entries = values.gather(1, members)
     entries.masked_fill_((leftover.unsqueeze(2) & (offsets > 0)).view(rows, -1), float("-inf"))
     return members.gather(1, _order_keys(entries).topk(k, dim=1).indices)
+
+
+@functools.lru_cache(maxsize=32)
+def _group_offsets(groups: int, device: torch.device) -> torch.Tensor:
+    """(8,) the column offsets of a group's members in :func:`top_columns`: s G for slot s."""
+    return groups * torch.arange(_GROUP, device=device)
 
 
 def contrast_with_hard_negatives(scores, positives: ProxySet, candidates: torch.Tensor, k1: int) -> torch.Tensor:
@@ -181,13 +188,13 @@ def contrastive_terms(scores, positive_sets: Sequence[ProxySet], candidates: tor
     valid = torch.cat([p.valid for p in positive_sets], dim=1)
     dtype = scores.detach().dtype
     # (L, M): which of the M positive slots belong to set l.
-    owner = _slot_owner(tuple(p.index.shape[1] for p in positive_sets), index.device, dtype)
+    owner, owns = _slot_owner(tuple(p.index.shape[1] for p in positive_sets), index.device, dtype)
     # (B, L, K): how many valid slots of set l hold each candidate (0 or 1: members are distinct).
     hits = (index.unsqueeze(2) == candidates.unsqueeze(1)) & valid.unsqueeze(2)
     outside = torch.matmul(owner, hits.to(dtype)) == 0
     # Q: the candidates outside P whose rank among those is at most K1.
     q_valid = outside & (outside.cumsum(dim=2) <= k1)
-    positive = valid.unsqueeze(1) & owner.bool()
+    positive = valid.unsqueeze(1) & owns
     positive_weight = positive.to(dtype)
     positive_weight /= positive_weight.sum(dim=2, keepdim=True)  # 1/|P| on P, 0 elsewhere
     members = torch.cat([positive, q_valid], dim=2)
@@ -201,15 +208,22 @@ def contrastive_terms(scores, positive_sets: Sequence[ProxySet], candidates: tor
 
 
 @functools.lru_cache(maxsize=32)
-def _slot_owner(widths: Tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(L, Σ widths) 1 where slot m belongs to set l (the sets' slots side by side). A constant
-    of the configuration, made once instead of a few operations per step."""
+def _slot_owner(widths: Tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(L, Σ widths) 1 where slot m belongs to set l (the sets' slots side by side), in
+    ``dtype`` and as booleans. A constant of the configuration, made once instead of a few
+    operations per step."""
     owner = torch.zeros(len(widths), sum(widths), dtype=dtype, device=device)
     start = 0
     for row, width in enumerate(widths):
         owner[row, start:start + width] = 1
         start += width
-    return owner
+    return owner, owner.bool()
+
+
+@functools.lru_cache(maxsize=8)
+def _minus_infinity(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """-inf as a 0-d tensor: ``torch.where`` with a Python float wraps it anew at every call."""
+    return torch.tensor(float("-inf"), dtype=dtype, device=device)
 
 
 class _MultiPositiveContrast(torch.autograd.Function):
@@ -226,7 +240,7 @@ class _MultiPositiveContrast(torch.autograd.Function):
     @staticmethod
     def forward(ctx, source, values, memory, columns, members, positive_weight):
         gathered = source if memory is None else values.gather(1, columns)
-        logits = torch.where(members, gathered.unsqueeze(1), float("-inf"))
+        logits = torch.where(members, gathered.unsqueeze(1), _minus_infinity(gathered.dtype, gathered.device))
         log_normaliser = logits.logsumexp(dim=2)
         width = positive_weight.shape[2]
         mean_positive = (positive_weight * gathered[:, :width].unsqueeze(1)).sum(dim=2)
@@ -245,9 +259,13 @@ class _MultiPositiveContrast(torch.autograd.Function):
         grad = torch.bmm(grad_terms.unsqueeze(1), grad).squeeze(1)
         if memory is not None:
             # Padded slots repeat a column and carry a zero gradient: they add exact zeros.
-            grad = F.embedding_bag(columns, memory, per_sample_weights=grad.to(memory.dtype),
-                                   mode="sum").to(ctx.source_dtype)
-        return grad, None, None, None, None, None
+            grad = F.embedding_bag(columns, memory, per_sample_weights=_as_dtype(grad, memory.dtype), mode="sum")
+        return _as_dtype(grad, ctx.source_dtype), None, None, None, None, None
+
+
+def _as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor.to(dtype)`` without the call when it is already (a few microseconds a step)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def group_table(proxy_group: torch.Tensor, num_groups: int) -> ProxySet:
@@ -270,7 +288,7 @@ def offline_positives(clusters: torch.Tensor, table: ProxySet) -> ProxySet:
         clusters: (B,) ỹ.
         table: :func:`group_table` of the proxies by cluster.
     """
-    return ProxySet(table.index[clusters], table.valid[clusters])
+    return ProxySet(table.index.index_select(0, clusters), table.valid.index_select(0, clusters))
 
 
 class _ScoresAndQueries(torch.autograd.Function):

@@ -19,7 +19,7 @@ from ...structures import PseudoLabels
 from ..base import MEMORY_HEAD_REGISTRY, MemoryHead
 from .functional import (ASSOCIATION_STATISTICS, ProxySet, association_statistics, balanced_query,
                          balanced_similarity, base2_loss, base_loss, contrastive_terms, distinct_proxy_queries,
-                         group_table, hard_negative_candidates, intra_loss, memory_scores, merged_positives,
+                         group_table, intra_loss, memory_scores, merged_positives, top_columns,
                          offline_positives, online_positives, camera_counts, camera_mean_weights)
 from ..updates import batch_momentum_update_, normalized_centroids
 
@@ -147,7 +147,7 @@ class CameraAwareProxyMemory(MemoryHead):
         losses = {}
         if self.uses_proxies:
             memory = self.proxy_memory
-            f = features.to(memory.dtype)
+            f = features if features.dtype == memory.dtype else features.to(memory.dtype)
             # Without L_intra every proxy loss reads a few scores per image: sparse backward.
             sparse = "intra" not in self.losses
             groups = batch.get("groups", {}).get("proxies")
@@ -155,20 +155,23 @@ class CameraAwareProxyMemory(MemoryHead):
                 # Eq. 5's proxy half from one product row per distinct proxy, in the scores' matmul.
                 queries = distinct_proxy_queries(memory, groups.labels, self.balance_weight)
                 scores, similarities = memory_scores(f, memory, self.temp, queries, sparse)
-                balanced = balanced_similarity(scores.detach(), similarities, groups.inverse, self.temp,
-                                               self.balance_weight)
             elif self.associates_online:
                 scores, balanced = memory_scores(f, memory, self.temp,
                                                  balanced_query(f, memory, proxies, self.balance_weight), sparse)
             else:
                 scores = memory_scores(f, memory, self.temp, sparse=sparse)
-            ranks = {"instance": scores.detach()}
+            # The hard-negative search over s first, while the (B, Z) scores are still in cache.
+            candidates = {}
+            if self._candidate_count("instance"):
+                candidates["instance"] = top_columns(scores.detach(), self._candidate_count("instance"))
+            if self.associates_online and groups is not None:
+                balanced = balanced_similarity(scores.detach(), similarities, groups.inverse, self.temp,
+                                               self.balance_weight)
             if "intra" in self.losses:
                 losses[("loss_intra",)] = intra_loss(scores, proxies, cams, self.proxy_cam).unsqueeze(0)
             if "offline" in self.losses or self.associates_online:
                 offline = offline_positives(clusters, ProxySet(self.cluster_proxies, self.cluster_proxies_valid))
             if self.associates_online:
-                ranks["balanced"] = balanced
                 online = online_positives(balanced, ProxySet(self.camera_proxies, self.camera_proxies_valid),
                                           self.k2)
                 self.associations.append((clusters, online.index, online.valid, batch.get("index")))
@@ -184,8 +187,9 @@ class CameraAwareProxyMemory(MemoryHead):
             # One top-k search and one gather per ranking similarity serve every loss ranked by it.
             for ranking in dict.fromkeys(r for _, r in contrastive.values()):
                 chosen = {name: p for name, (p, r) in contrastive.items() if r == ranking}
-                candidates = hard_negative_candidates(ranks[ranking], self.k1, *chosen.values())
-                terms = contrastive_terms(scores, tuple(chosen.values()), candidates, self.k1)
+                if ranking not in candidates:
+                    candidates[ranking] = top_columns(balanced, self._candidate_count(ranking))
+                terms = contrastive_terms(scores, tuple(chosen.values()), candidates[ranking], self.k1)
                 losses[tuple(f"loss_{name}" for name in chosen)] = terms
         if self.uses_clusters:
             memory = self.cluster_memory
@@ -205,6 +209,17 @@ class CameraAwareProxyMemory(MemoryHead):
             names = [name for block in per_camera for name in block]
             reduced.update(zip(names, (world_size * values if world_size > 1 else values).unbind()))
         return {name: reduced[name] for names in losses for name in names}
+
+    def _candidate_count(self, ranking: str) -> int:
+        """How many best-ranked proxies :func:`hard_negative_candidates` takes for the losses
+        whose negatives ``ranking`` ranks (0 if none): K1 + the widest of their positive sets,
+        known before the sets are formed (P1 the most proxies of a cluster, P2 one proxy per
+        camera of the K2 best, P3 both), so the search can run while the scores are in cache."""
+        p1, p2 = self.cluster_proxies.shape[1], min(self.k2, self.camera_proxies.shape[0])
+        widths = {"offline": p1, "online": p2, "merge": p1 + p2}
+        rankings = {"offline": "instance", "online": self.online_negatives, "merge": "instance"}
+        ranked = [widths[name] for name in self.losses if rankings.get(name) == ranking]
+        return min(self.k1 + max(ranked), len(self.proxy_memory)) if ranked else 0
 
     def _camera_mean_weights(self, batch: Dict, dtype: torch.dtype):
         """(B,) the weights that make ``terms @ weights`` :func:`per_camera_mean` over the
