@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from dcmip.memory.o2cap.functional import (ProxySet, balanced_similarity, contrastive_terms, distinct_proxy_queries,
-                                           hard_negative_candidates, memory_scores, top_columns, _order_keys)
+                                           hard_negative_candidates, memory_scores, top_columns)
 from dcmip.memory.o2cap.head import CameraAwareProxyMemory
 from dcmip.structures import LabelGroups
 from naive_o2cap import NaiveO2CAPHead, naive_multi_positive
@@ -24,17 +24,6 @@ def test_top_columns_is_topk(columns, k):
     values[0, -(columns % 8 or 1):] += 10
     values[1, torch.arange(0, columns, columns // 8)[:8]] += 10
     assert torch.equal(top_columns(values, k), values.topk(k, dim=1).indices)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_order_keys_rank_like_the_floats(dtype):
-    """Negative, positive, tiny, huge and infinite values: the integer keys sort the same way."""
-    g = torch.Generator().manual_seed(0)
-    values = torch.cat([torch.randn(200, generator=g, dtype=dtype) * 10 ** torch.randint(-30, 30, (200,), generator=g),
-                        torch.tensor([0.0, float("inf"), float("-inf"), 1e-45, -1e-45], dtype=dtype)])
-    keys = _order_keys(values)
-    assert keys.dtype in (torch.int32, torch.int64)
-    assert torch.equal(values[keys.argsort()], values.sort().values)
 
 
 # ---- contrastive_terms -----------------------------------------------------------------------

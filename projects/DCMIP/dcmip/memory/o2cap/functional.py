@@ -101,23 +101,6 @@ def hard_negative_candidates(negative_rank: torch.Tensor, k1: int, *positive_set
 _GROUP = 8
 
 
-#: A floating type's signed integer type of the same width, its sign shift and largest value
-#: (see :func:`_order_keys`).
-_KEY_TYPES = {torch.float32: (torch.int32, 31, 2 ** 31 - 1), torch.float64: (torch.int64, 63, 2 ** 63 - 1)}
-
-
-def _order_keys(values: torch.Tensor) -> torch.Tensor:
-    """Integers in the order of ``values`` (NaN-free): the float's bits, with the magnitude
-    bits of negative numbers flipped. CPU top-k on integers skips the NaN-aware float
-    comparison and takes two thirds of the time. -0.0 ranks just below +0.0, where the float
-    comparison calls them equal (a tie, whose order top-k leaves unspecified anyway)."""
-    if values.dtype not in _KEY_TYPES:
-        return values
-    key_type, sign_shift, largest = _KEY_TYPES[values.dtype]
-    bits = values.view(key_type)
-    return bits ^ ((bits >> sign_shift) & largest)
-
-
 def top_columns(values: torch.Tensor, k: int) -> torch.Tensor:
     """(R, k) the columns of the k largest entries of every row, largest first:
     ``values.topk(k, dim=1).indices``, found in two passes when the rows are long.
@@ -127,7 +110,6 @@ def top_columns(values: torch.Tensor, k: int) -> torch.Tensor:
     the largest maxima (an entry of another group is exceeded by those k maxima), so a top-k
     over the (R, G) group maxima and one over the k x 8 entries of the chosen groups replace
     the top-k over all the columns, which costs twice as much at Z = 4,024, k = 56 on CPU.
-    Both passes rank :func:`_order_keys`.
     """
     rows, columns = values.shape
     groups = columns // _GROUP
@@ -137,18 +119,18 @@ def top_columns(values: torch.Tensor, k: int) -> torch.Tensor:
     maxima = values[:, :groups * _GROUP].view(rows, _GROUP, groups).amax(dim=1)
     if columns % _GROUP:
         maxima = torch.cat([maxima, values[:, groups * _GROUP:]], dim=1)
-    chosen = _order_keys(maxima).topk(k, dim=1, sorted=False).indices
+    chosen = maxima.topk(k, dim=1, sorted=False).indices
     offsets = _group_offsets(groups, values.device)
     if not columns % _GROUP:
         members = (chosen.unsqueeze(2) + offsets).view(rows, -1)
-        return members.gather(1, _order_keys(values.gather(1, members)).topk(k, dim=1).indices)
+        return members.gather(1, values.gather(1, members).topk(k, dim=1).indices)
     leftover = chosen >= groups
     # A leftover group g >= G is the single column g + 7 G, in slot 0; its other slots are void.
     members = torch.where(leftover.unsqueeze(2), (chosen + (_GROUP - 1) * groups).unsqueeze(2),
                           chosen.unsqueeze(2) + offsets).view(rows, -1)
     entries = values.gather(1, members)
     entries.masked_fill_((leftover.unsqueeze(2) & (offsets > 0)).view(rows, -1), float("-inf"))
-    return members.gather(1, _order_keys(entries).topk(k, dim=1).indices)
+    return members.gather(1, entries.topk(k, dim=1).indices)
 
 
 @functools.lru_cache(maxsize=32)
