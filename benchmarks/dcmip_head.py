@@ -33,7 +33,7 @@ import dcmip  # noqa: E402,F401
 from dcmip.config import add_dcmip_config  # noqa: E402
 from dcmip.memory import build_memory_head  # noqa: E402
 from dcmip.sampling import build_sampler  # noqa: E402
-from dcmip.structures import PseudoLabels  # noqa: E402
+from dcmip.structures import LabelGroups, PseudoLabels  # noqa: E402
 from fastreid.config import get_cfg  # noqa: E402
 from naive_dcmip import NaiveDCMIPHead  # noqa: E402
 from op_count import count_aten_ops  # noqa: E402
@@ -65,6 +65,9 @@ def make_batches(cfg, pseudo: PseudoLabels, count: int, dim: int):
         rows = torch.tensor([next(sampler) for _ in range(batch_size)])
         batches.append({"clusters": pseudo.clusters[rows], "camids": pseudo.cams[rows], "index": rows,
                         "multiplicity": {"clusters": cfg.UNSUP.SAMPLER.NUM_INSTANCES},
+                        # What the training collation prepares on the host (collate_with_multiplicity).
+                        "groups": {key: LabelGroups.from_labels(labels[rows]) for key, labels in
+                                   (("clusters", pseudo.clusters), ("proxies", pseudo.proxies), ("camids", pseudo.cams))},
                         "features": F.normalize(torch.randn(batch_size, dim, generator=g), dim=1)})
     return batches
 
