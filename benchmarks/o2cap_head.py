@@ -10,7 +10,7 @@ tensor through the L2 normalisation, so the backward pass is the head's. The ATe
 one step are counted with a ``TorchDispatchMode`` (``benchmarks/op_count.py``).
 
     PYTHONPATH=projects/DCMIP python benchmarks/o2cap_head.py [--steps 20] [--repeats 1] [--threads 1]
-        [--clock cpu|wall] [--rows O2CAP O2CAP1 CAP] [--label NAME] [--append]
+        [--clock cpu|wall] [--rows O2CAP O2CAP1 CAP] [--label NAME] [--append] [--parts]
 
 Prints a table and writes it to docs/benchmarks/o2cap_head.md (--append: as one more section).
 """
@@ -44,15 +44,19 @@ READING = """The per-image head is `tests/naive_o2cap.py`: the spec implemented 
 the images (index lists, sorts, one image at a time), as the authors' code does, but with the
 scores computed by one matmul per camera group. The floor is the pair of bare products any
 implementation that forms the (B, Z) scores needs, `f @ K'.T` and `g @ K'` (the input gradient).
-The per-image head, ours and the floor alternate step by step, so that load changes on a shared
-machine hit them alike; "ours / floor" is the ratio of their medians in the same run. The ATen
-operators of one step of ours (forward, backward, memory update, and the L2 normalisation in
-front) are counted with a `TorchDispatchMode` (`benchmarks/op_count.py`): on a GPU each one is a
-kernel launch.
+The per-image head, ours and the floor alternate batch by batch, so that load changes on a
+shared machine hit them alike, and each is timed in two regimes that treat them the same:
+cold, right after writing 64 MiB (more than the 32 MiB last-level cache: in training the
+backbone's forward and backward pass evict the caches between two head steps), and warm, on
+its second run in a row. "ours / floor" is the ratio of their medians in the same run. The
+ATen operators of one step of ours (forward, backward, memory update, and the L2 normalisation
+in front) are counted with a `TorchDispatchMode` (`benchmarks/op_count.py`) on a step after
+the first: on a GPU each one is a kernel launch.
 
-The batches carry what the training collation counts on the host (`collate_with_multiplicity`):
-the multiplicity of a proxy (the rounds of the sequential update) and the number of distinct
-proxies (the rows of the proxy half of Eq. 5's balanced similarity).
+The batches carry what the training collation prepares on the host
+(`collate_with_multiplicity`): the batch grouped by cluster, proxy and camera (`LabelGroups`:
+the rounds of the sequential update, the distinct proxies whose rows form the proxy half of
+Eq. 5's balanced similarity, the per-camera weights of the reduction).
 """
 # (Table II row, losses) timed at each size; O2CAP is the method, the others add loss terms.
 ROWS = (("O2CAP", ("offline", "online")), ("O2CAP1", ("intra", "offline", "online")),
@@ -90,39 +94,35 @@ def make_cfg(losses):
 FLUSH_MIB = 64
 
 
-def time_steps(steps, batches, clock, warmup: int = 3):
+def time_steps(steps, batches, clock, warmup: int = 3, returns: bool = False):
     """Per step function, its times in ms over ``batches`` after ``warmup`` untimed steps, in
     two regimes: ``cold``, each call timed right after writing a buffer larger than the
     last-level cache (as in training, where the backbone's forward and backward pass evict the
     caches between two head steps), and ``warm``, each call timed on its second run in a row.
     The functions alternate batch by batch, so that a load change on a shared machine hits
     them alike, and each regime treats them the same: no function inherits a cache warmed by
-    another."""
+    another. With ``returns``, what each timed call returns is kept instead of its time."""
     flush = torch.zeros(FLUSH_MIB * 2 ** 20 // 4)
     times = {regime: [[] for _ in steps] for regime in ("cold", "warm")}
     for i, batch in enumerate(batches):
         for step, cold, warm in zip(steps, times["cold"], times["warm"]):
             flush.add_(1.0)
             start = clock()
-            step(batch)
+            first = step(batch)
             elapsed = clock() - start
             start = clock()
-            step(batch)
+            second = step(batch)
             if i >= warmup:
-                cold.append(1e3 * elapsed)
-                warm.append(1e3 * (clock() - start))
+                cold.append(first if returns else 1e3 * elapsed)
+                warm.append(second if returns else 1e3 * (clock() - start))
     return times
 
 
-def benchmark(dim: int, losses, steps: int, clock):
-    """Times of the per-image head, ours and the floor, and the number of ATen operators one
-    step of ours dispatches."""
-    pseudo = synthetic_pseudo_labels(dim)
-    cfg = make_cfg(losses)
+def make_batches(cfg, pseudo: PseudoLabels, count: int, dim: int):
     sampler = iter(build_sampler(cfg, pseudo, seed=0))
     g = torch.Generator().manual_seed(1)
     batches = []
-    for _ in range(steps + 3):
+    for _ in range(count):
         rows = torch.tensor([next(sampler) for _ in range(BATCH)])
         batches.append({"clusters": pseudo.clusters[rows], "proxies": pseudo.proxies[rows],
                         "camids": pseudo.cams[rows], "index": rows,
@@ -131,7 +131,15 @@ def benchmark(dim: int, losses, steps: int, clock):
                         "groups": {key: LabelGroups.from_labels(labels[rows]) for key, labels in
                                    (("clusters", pseudo.clusters), ("proxies", pseudo.proxies), ("camids", pseudo.cams))},
                         "raw": torch.randn(BATCH, dim, generator=g)})
+    return batches
 
+
+def benchmark(dim: int, losses, steps: int, clock):
+    """Times of the per-image head, ours and the floor, and the number of ATen operators one
+    step of ours dispatches."""
+    pseudo = synthetic_pseudo_labels(dim)
+    cfg = make_cfg(losses)
+    batches = make_batches(cfg, pseudo, steps + 3, dim)
     ours = build_memory_head(cfg)
     ours.reset(pseudo)
 
@@ -156,7 +164,7 @@ def benchmark(dim: int, losses, steps: int, clock):
 
     # The floor of any implementation: the scores f K'^T and the input gradient g K', bare.
     memory = ours.proxy_memory if ours.uses_proxies else ours.cluster_memory
-    grad = torch.randn(BATCH, memory.shape[0], generator=g)
+    grad = torch.randn(BATCH, memory.shape[0], generator=torch.Generator().manual_seed(2))
 
     def floor(batch):
         batch["raw"] @ memory.t()
@@ -166,6 +174,62 @@ def benchmark(dim: int, losses, steps: int, clock):
     our_step(batches[0])
     ops = sum(count_aten_ops(our_step, batches[1]).values())
     return time_steps((naive_step, our_step, floor), batches, clock), ops
+
+
+#: The parts of ours timed by --parts: the functions the head calls, by name in its module.
+PARTS = ("distinct_proxy_queries", "memory_scores", "top_columns", "balanced_similarity", "offline_positives",
+         "online_positives", "contrastive_terms", "batch_momentum_update_")
+
+
+def part_times(dim: int, losses, steps: int, clock):
+    """regime -> part -> ms: ours, timed part by part inside its step (the head module's
+    functions wrapped in timers; "backward" and "normalisation" around them), cold and warm as
+    in :func:`time_steps`."""
+    import dcmip.memory.o2cap.head as head_module
+
+    pseudo = synthetic_pseudo_labels(dim)
+    cfg = make_cfg(losses)
+    batches = make_batches(cfg, pseudo, steps + 3, dim)
+    ours = build_memory_head(cfg)
+    ours.reset(pseudo)
+    record = {}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            start = clock()
+            result = fn(*args, **kwargs)
+            record[name] = record.get(name, 0.0) + clock() - start
+            return result
+        return wrapper
+
+    originals = {name: getattr(head_module, name) for name in PARTS}
+
+    def our_step(batch):
+        start = clock()
+        features = l2_normalize(batch["raw"].clone().requires_grad_())
+        record["normalisation"] = clock() - start
+        losses = ours(features, batch)
+        start = clock()
+        sum(losses.values()).backward()
+        record["backward"] = clock() - start
+        ours.update(features.detach(), batch)
+
+    def whole(batch):
+        record.clear()
+        start = clock()
+        our_step(batch)
+        record["whole step"] = clock() - start
+        return dict(record)
+
+    for name in PARTS:
+        setattr(head_module, name, timed(name, originals[name]))
+    try:
+        times = time_steps((whole,), batches, clock, returns=True)
+    finally:
+        for name, fn in originals.items():
+            setattr(head_module, name, fn)
+    return {regime: {part: 1e3 * float(np.median([step[part] for step in runs[0]])) for part in runs[0][0]}
+            for regime, runs in times.items()}
 
 
 def main():
@@ -180,6 +244,8 @@ def main():
     parser.add_argument("--label", default="", help="a name for this run's section, e.g. the commit measured")
     parser.add_argument("--output", default=os.path.join(ROOT, "docs", "benchmarks", "o2cap_head.md"))
     parser.add_argument("--append", action="store_true", help="add this run to the output file as a new section")
+    parser.add_argument("--parts", action="store_true",
+                        help="also time the parts of O2CAP's step at d = 128 inside it, cold and warm")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
@@ -215,6 +281,15 @@ def main():
               f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d %H:%M')}; 1-minute load "
               f"average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after (other processes share the "
               f"{os.cpu_count()} cores).\n\n")
+    if args.parts:
+        parts = part_times(128, dict(ROWS)["O2CAP"], args.steps, CLOCKS[args.clock])
+        part_rows = [[part, f"{parts['cold'][part]:.2f}", f"{parts['warm'][part]:.2f}"] for part in parts["cold"]]
+        text += ("\n\nThe parts of O2CAP's step at d = 128 (`--parts`), timed inside it, the median over "
+                 f"{args.steps} steps (the parts' medians need not add up to the whole step's; the rest is "
+                 "the head's own Python and the operators between the parts):\n\n"
+                 + tabulate(part_rows, headers=["part", "cold (ms)", "warm (ms)"], tablefmt="github"))
+        print(text)
+        header = header.replace(f"--rows {rows}`", f"--rows {rows} --parts`")
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "a" if args.append else "w") as f:
         f.write(("\n" if args.append else title) + header + text + "\n")
