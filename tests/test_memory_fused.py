@@ -1,11 +1,13 @@
 """The fused paths of the memory heads (issue 11): the two-pass top-k, the stacked contrastive
 terms with their direct gradient, the sparse score gradient, the per-distinct-proxy balanced
-similarity, against plain PyTorch and the per-image oracle of tests/naive_o2cap.py."""
+similarity and the step on the collation's LabelGroups, against plain PyTorch and the per-image
+oracle of tests/naive_o2cap.py."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from dcmip.memory.o2cap.functional import (ProxySet, balanced_similarity, contrastive_terms, distinct_proxy_queries,
+                                           merged_positives, offline_positives, online_positives,
                                            hard_negative_candidates, memory_scores, top_columns)
 from dcmip.memory.o2cap.head import CameraAwareProxyMemory
 from dcmip.structures import LabelGroups
@@ -150,3 +152,26 @@ def test_the_grouped_step_has_no_host_sync():
         head.update(f.detach(), batch)
     assert not SYNCING_OPS & set(recorder.ops)
     assert {"aten.index_copy_", "aten._embedding_bag_forward_only"} <= set(recorder.ops)  # the paths ran
+
+
+@pytest.mark.parametrize("losses,negatives", [(("offline", "online"), "instance"), (("offline", "online"), "balanced"),
+                                              (("merge",), "instance"), (("online",), "balanced")])
+def test_the_heads_candidate_count_is_the_sets_widths(losses, negatives):
+    """The head searches its hard negatives before it forms the positive sets, from their
+    widths known in advance: K1 + the widest set ranked by that similarity, as
+    hard_negative_candidates computes from the sets themselves."""
+    pseudo = make_pseudo(seed=3)
+    head = CameraAwareProxyMemory(make_cfg(losses, HARD_NEGATIVES=10, ONLINE_NEGATIVES=negatives))
+    head.reset(pseudo)
+    rows, _ = random_steps(pseudo, 1)[0]
+    batch = batch_of(pseudo, rows)
+    p1 = offline_positives(batch["clusters"], ProxySet(head.cluster_proxies, head.cluster_proxies_valid))
+    p2 = online_positives(torch.randn(len(rows), len(head.proxy_memory), dtype=head.proxy_memory.dtype),
+                          ProxySet(head.camera_proxies, head.camera_proxies_valid), head.k2)
+    sets = {"offline": (p1, "instance"), "online": (p2, negatives),
+            "merge": (merged_positives(p1, p2, batch["clusters"], head.proxy_cluster), "instance")}
+    for ranking in ("instance", "balanced"):
+        chosen = [p for name, (p, r) in sets.items() if name in losses and r == ranking]
+        expected = hard_negative_candidates(head.proxy_memory.new_zeros(1, len(head.proxy_memory)), 10,
+                                            *chosen).shape[1] if chosen else 0
+        assert head._candidate_count(ranking) == expected
