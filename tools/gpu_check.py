@@ -44,7 +44,7 @@ from dcmip.clustering import camera_aware_proxies, cluster_features  # noqa: E40
 from dcmip.config import add_dcmip_config  # noqa: E402
 from dcmip.memory import build_memory_head  # noqa: E402
 from dcmip.sampling import build_sampler  # noqa: E402
-from dcmip.structures import PseudoLabels  # noqa: E402
+from dcmip.structures import LabelGroups, PseudoLabels  # noqa: E402
 from dcmip import provenance  # noqa: E402
 from fastreid.config import get_cfg  # noqa: E402
 
@@ -146,7 +146,10 @@ def compare_head(name: str, device: str, reference: str = "cpu", amp: bool = Fal
     for side, dev in (("ref", reference), ("dev", device)):
         head = heads[side]
         batch = {"clusters": pseudo.clusters[rows].to(dev), "proxies": pseudo.proxies[rows].to(dev),
-                 "camids": pseudo.cams[rows].to(dev), "index": rows.to(dev), "multiplicity": multiplicity}
+                 "camids": pseudo.cams[rows].to(dev), "index": rows.to(dev), "multiplicity": multiplicity,
+                 # The collation's host-side grouping, as in training.
+                 "groups": {key: LabelGroups.from_labels(labels[rows]).to(dev) for key, labels in
+                            (("clusters", pseudo.clusters), ("proxies", pseudo.proxies), ("camids", pseudo.cams))}}
         features = x.to(dev, copy=True).requires_grad_()  # a leaf of its own, even on the same device
         use_amp = amp and side == "dev"
         dtype = torch.float16 if torch.device(dev).type == "cuda" else torch.bfloat16
