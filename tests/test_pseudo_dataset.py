@@ -95,3 +95,17 @@ def test_positions_cover_the_global_stream_once(setup):
         positions += [next(it) for _ in range(GLOBAL_BATCH // 2 * STEPS)]
     single = iter(build_sampler(cfg, pseudo, seed=7).with_positions())
     assert sorted(positions) == [next(single) for _ in range(GLOBAL_BATCH * STEPS)]
+
+
+def test_collation_groups_the_batch_on_the_host():
+    """The collation's LabelGroups describe the collated labels: each image's row holds its
+    label, the multiplicity is the groups' round count, the camera weights are 1 / n_c."""
+    items = [{"images": torch.zeros(3, 4, 2), "clusters": c, "proxies": p, "camids": cam, "index": i}
+             for i, (c, p, cam) in enumerate([(0, 0, 1), (1, 2, 0), (0, 1, 0), (0, 0, 1), (1, 2, 0)])]
+    batch = collate_with_multiplicity(items)
+    for key in ("clusters", "proxies", "camids"):
+        groups = batch["groups"][key]
+        assert torch.equal(groups.labels[groups.inverse], batch[key])
+        if key != "camids":
+            assert groups.rounds == batch["multiplicity"][key]
+    assert batch["groups"]["camids"].mean_weights.tolist() == [0.5, 1 / 3, 1 / 3, 0.5, 1 / 3]
