@@ -161,9 +161,9 @@ class CameraAwareProxyMemory(MemoryHead):
             else:
                 scores = memory_scores(f, memory, self.temp, sparse=sparse)
             # The hard-negative search over s first, while the (B, Z) scores are still in cache.
-            candidates = {}
-            if self._candidate_count("instance"):
-                candidates["instance"] = top_columns(scores.detach(), self._candidate_count("instance"))
+            candidates, count = {}, self._candidate_count("instance")
+            if count:
+                candidates["instance"] = top_columns(scores.detach(), count)
             if self.associates_online and groups is not None:
                 balanced = balanced_similarity(scores.detach(), similarities, groups.inverse, self.temp,
                                                self.balance_weight)
