@@ -96,6 +96,11 @@ class CameraAwareProxyMemory(MemoryHead):
         self.uses_proxies = any(name in PROXY_LOSSES for name in self.losses)
         self.uses_clusters = any(name in CLUSTER_LOSSES for name in self.losses)
         self.associates_online = "online" in self.losses or "merge" in self.losses
+        # The contrastive losses configured -> the similarity ranking their hard negatives:
+        # L_off (Eq. 4) and L_merge (Eq. 8) by s, L_on (Eq. 6) by ONLINE_NEGATIVES.
+        self.rankings = {name: ranking for name, ranking in
+                         (("offline", "instance"), ("online", self.online_negatives), ("merge", "instance"))
+                         if name in self.losses}
         self.num_cams = 0
         # Non-persistent: every memory is rebuilt from the epoch-start features (METHODS §1).
         for name in ("proxy_memory", "proxy_cluster", "proxy_cam", "cluster_proxies", "cluster_proxies_valid",
@@ -175,18 +180,18 @@ class CameraAwareProxyMemory(MemoryHead):
                 online = online_positives(balanced, ProxySet(self.camera_proxies, self.camera_proxies_valid),
                                           self.k2)
                 self.associations.append((clusters, online.index, online.valid, batch.get("index")))
-            # name -> (positive set, similarity ranking its hard negatives): L_off (Eq. 4), L_on
-            # (Eq. 6), L_merge (Eq. 8), each a contrast_with_hard_negatives term.
-            contrastive = {}
+            # The positive set of each contrastive loss: L_off (Eq. 4), L_on (Eq. 6), L_merge
+            # (Eq. 8), each a contrast_with_hard_negatives term.
+            positive_sets = {}
             if "offline" in self.losses:
-                contrastive["offline"] = (offline, "instance")
+                positive_sets["offline"] = offline
             if "online" in self.losses:
-                contrastive["online"] = (online, self.online_negatives)
+                positive_sets["online"] = online
             if "merge" in self.losses:
-                contrastive["merge"] = (merged_positives(offline, online, clusters, self.proxy_cluster), "instance")
+                positive_sets["merge"] = merged_positives(offline, online, clusters, self.proxy_cluster)
             # One top-k search and one gather per ranking similarity serve every loss ranked by it.
-            for ranking in dict.fromkeys(r for _, r in contrastive.values()):
-                chosen = {name: p for name, (p, r) in contrastive.items() if r == ranking}
+            for ranking in dict.fromkeys(self.rankings.values()):
+                chosen = {name: positive_sets[name] for name, by in self.rankings.items() if by == ranking}
                 if ranking not in candidates:
                     candidates[ranking] = top_columns(balanced, self._candidate_count(ranking))
                 terms = contrastive_terms(scores, tuple(chosen.values()), candidates[ranking], self.k1)
@@ -217,8 +222,7 @@ class CameraAwareProxyMemory(MemoryHead):
         camera of the K2 best, P3 both), so the search can run while the scores are in cache."""
         p1, p2 = self.cluster_proxies.shape[1], min(self.k2, self.camera_proxies.shape[0])
         widths = {"offline": p1, "online": p2, "merge": p1 + p2}
-        rankings = {"offline": "instance", "online": self.online_negatives, "merge": "instance"}
-        ranked = [widths[name] for name in self.losses if rankings.get(name) == ranking]
+        ranked = [widths[name] for name, by in self.rankings.items() if by == ranking]
         return min(self.k1 + max(ranked), len(self.proxy_memory)) if ranked else 0
 
     def _camera_mean_weights(self, batch: Dict, dtype: torch.dtype):
@@ -245,7 +249,8 @@ class CameraAwareProxyMemory(MemoryHead):
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, batch: Dict) -> None:
-        """Eq. 1 per image in batch order, exactly, in ``multiplicity`` vectorised rounds."""
+        """Eq. 1 per image in batch order, exactly, in vectorised rounds
+        (:func:`~dcmip.memory.updates.batch_momentum_update_`)."""
         if self.uses_proxies:
             batch_momentum_update_(self.proxy_memory, features, batch, "proxies", self.momentum)
         if self.uses_clusters:
