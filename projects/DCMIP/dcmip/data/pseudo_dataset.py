@@ -78,7 +78,7 @@ def collate_with_multiplicity(items: List[Dict]) -> Dict:
     by cluster, by proxy and by camera (:class:`LabelGroups`: the memories' per-label
     bookkeeping, done here in the loader's workers instead of in the training step)."""
     batch = fast_batch_collator(items)
-    keys = ("clusters", "proxies")
-    batch["groups"] = {key: LabelGroups.from_labels([item[key] for item in items]) for key in keys + ("camids",)}
-    batch["multiplicity"] = {key: int(np.bincount([item[key] for item in items]).max()) for key in keys}
+    batch["groups"] = {key: LabelGroups.from_labels([item[key] for item in items])
+                       for key in ("clusters", "proxies", "camids")}
+    batch["multiplicity"] = {key: batch["groups"][key].rounds for key in ("clusters", "proxies")}
     return batch

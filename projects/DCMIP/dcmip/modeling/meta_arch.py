@@ -91,15 +91,18 @@ def _all_gather_batch(features: torch.Tensor, batch: Dict):
         return torch.cat(out)
 
     gathered = {k: gather(v) for k, v in batch.items() if torch.is_tensor(v)}
-    if "multiplicity" in batch:
-        # A label's count in the global batch is at most the sum of its per-rank counts.
-        per_rank = comm.all_gather(batch["multiplicity"])
-        gathered["multiplicity"] = {k: sum(m[k] for m in per_rank) for k in batch["multiplicity"]}
     if "groups" in batch:
-        # The global batch regrouped from every rank's host-side labels, in rank order.
+        # The global batch regrouped from every rank's host-side labels, in rank order; its
+        # multiplicity is then exact, with no second exchange.
         per_rank = comm.all_gather({k: g.batch_labels for k, g in batch["groups"].items()})
         gathered["groups"] = {k: LabelGroups.from_labels(np.concatenate([labels[k] for labels in per_rank])).to(
             features.device) for k in batch["groups"]}
+        if "multiplicity" in batch:
+            gathered["multiplicity"] = {k: gathered["groups"][k].rounds for k in batch["multiplicity"]}
+    elif "multiplicity" in batch:
+        # A label's count in the global batch is at most the sum of its per-rank counts.
+        per_rank = comm.all_gather(batch["multiplicity"])
+        gathered["multiplicity"] = {k: sum(m[k] for m in per_rank) for k in batch["multiplicity"]}
     return gather(features), gathered
 
 
