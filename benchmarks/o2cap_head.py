@@ -30,10 +30,11 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import dcmip  # noqa: E402,F401
 from dcmip.config import add_dcmip_config  # noqa: E402
+from dcmip.data.pseudo_dataset import group_batch  # noqa: E402
 from dcmip.memory import build_memory_head  # noqa: E402
 from dcmip.modeling.normalize import l2_normalize  # noqa: E402
 from dcmip.sampling import build_sampler  # noqa: E402
-from dcmip.structures import LabelGroups, PseudoLabels  # noqa: E402
+from dcmip.structures import PseudoLabels  # noqa: E402
 from fastreid.config import get_cfg  # noqa: E402
 from naive_o2cap import NaiveO2CAPHead  # noqa: E402
 from op_count import count_aten_ops  # noqa: E402
@@ -124,13 +125,10 @@ def make_batches(cfg, pseudo: PseudoLabels, count: int, dim: int):
     batches = []
     for _ in range(count):
         rows = torch.tensor([next(sampler) for _ in range(BATCH)])
-        batches.append({"clusters": pseudo.clusters[rows], "proxies": pseudo.proxies[rows],
-                        "camids": pseudo.cams[rows], "index": rows,
-                        "multiplicity": {"clusters": BATCH, "proxies": cfg.UNSUP.SAMPLER.NUM_INSTANCES},
-                        # What the training collation prepares on the host (collate_with_multiplicity).
-                        "groups": {key: LabelGroups.from_labels(labels[rows]) for key, labels in
-                                   (("clusters", pseudo.clusters), ("proxies", pseudo.proxies), ("camids", pseudo.cams))},
-                        "raw": torch.randn(BATCH, dim, generator=g)})
+        batch = {"clusters": pseudo.clusters[rows], "proxies": pseudo.proxies[rows], "camids": pseudo.cams[rows],
+                 "index": rows, "raw": torch.randn(BATCH, dim, generator=g)}
+        # What the training collation prepares on the host (collate_with_multiplicity).
+        batches.append({**batch, "groups": group_batch(batch)})
     return batches
 
 

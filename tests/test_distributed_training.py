@@ -8,7 +8,8 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from dcmip.structures import LabelGroups, PseudoLabels
+from dcmip.data.pseudo_dataset import group_batch
+from dcmip.structures import PseudoLabels
 from gloo import free_port, gloo_group
 
 WORLD = 2
@@ -81,7 +82,7 @@ def _train_single_process(cfg, memory_name):
     model.memory.reset(pseudo)
     params = []
     for _, batch in batches[:1]:
-        losses = model({**batch, "groups": {k: LabelGroups.from_labels(batch[k]) for k in ("clusters", "proxies")}})
+        losses = model({**batch, "groups": group_batch(batch)})
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
@@ -115,7 +116,7 @@ def _worker(rank, port, memory_name, out_dir):
             local_batch = {k: v[sl] if torch.is_tensor(v) else v for k, v in batch.items()}
             # The collation's host-side grouping of this rank's slice; the memory update
             # regroups the gathered global batch from every rank's labels.
-            local_batch["groups"] = {k: LabelGroups.from_labels(local_batch[k]) for k in ("clusters", "proxies")}
+            local_batch["groups"] = group_batch(local_batch)
             losses = ddp(local_batch)
             optimizer.zero_grad()
             sum(losses.values()).backward()

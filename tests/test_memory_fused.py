@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from dcmip.memory.o2cap.functional import (ProxySet, balanced_similarity, contrastive_terms, distinct_proxy_queries,
                                            merged_positives, offline_positives, online_positives,
                                            hard_negative_candidates, memory_scores, top_columns)
+from dcmip.data.pseudo_dataset import group_batch
 from dcmip.memory.o2cap.head import CameraAwareProxyMemory
 from dcmip.structures import LabelGroups
 from naive_o2cap import NaiveO2CAPHead, naive_multi_positive
@@ -107,7 +108,7 @@ ROWS = [(("offline", "online"), "instance"), (("offline", "online"), "balanced")
 
 def grouped(batch):
     """The batch with the collation's host-side grouping by cluster, proxy and camera."""
-    return {**batch, "groups": {k: LabelGroups.from_labels(batch[k]) for k in ("clusters", "proxies", "camids")}}
+    return {**batch, "groups": group_batch(batch)}
 
 
 @pytest.mark.parametrize("losses,negatives", ROWS)

@@ -42,9 +42,10 @@ import torch  # noqa: E402
 import dcmip  # noqa: E402,F401
 from dcmip.clustering import camera_aware_proxies, cluster_features  # noqa: E402
 from dcmip.config import add_dcmip_config  # noqa: E402
+from dcmip.data.pseudo_dataset import group_batch  # noqa: E402
 from dcmip.memory import build_memory_head  # noqa: E402
 from dcmip.sampling import build_sampler  # noqa: E402
-from dcmip.structures import LabelGroups, PseudoLabels  # noqa: E402
+from dcmip.structures import PseudoLabels  # noqa: E402
 from dcmip import provenance  # noqa: E402
 from fastreid.config import get_cfg  # noqa: E402
 
@@ -131,7 +132,9 @@ def compare_head(name: str, device: str, reference: str = "cpu", amp: bool = Fal
     rows = torch.tensor(next(iter(build_sampler(cfg, pseudo, seed=0).global_batches())))
     x = torch.nn.functional.normalize(pseudo.features[rows] + 0.3 * torch.randn(
         len(rows), pseudo.features.shape[1], generator=torch.Generator().manual_seed(1)), dim=1)
-    multiplicity = {key: int(torch.bincount(getattr(pseudo, key)[rows]).max()) for key in ("clusters", "proxies")}
+    labels = {"clusters": pseudo.clusters[rows], "proxies": pseudo.proxies[rows], "camids": pseudo.cams[rows],
+              "index": rows}
+    groups = group_batch(labels)  # the collation's host-side grouping, as in training
     out, heads, results = {}, {}, {}
     for side, dev in (("ref", reference), ("dev", device)):
         head = build_memory_head(cfg).to(dev)
@@ -145,11 +148,9 @@ def compare_head(name: str, device: str, reference: str = "cpu", amp: bool = Fal
             b.copy_(_buffers(ref)[n])
     for side, dev in (("ref", reference), ("dev", device)):
         head = heads[side]
-        batch = {"clusters": pseudo.clusters[rows].to(dev), "proxies": pseudo.proxies[rows].to(dev),
-                 "camids": pseudo.cams[rows].to(dev), "index": rows.to(dev), "multiplicity": multiplicity,
-                 # The collation's host-side grouping, as in training.
-                 "groups": {key: LabelGroups.from_labels(labels[rows]).to(dev) for key, labels in
-                            (("clusters", pseudo.clusters), ("proxies", pseudo.proxies), ("camids", pseudo.cams))}}
+        batch = {**{k: v.to(dev) for k, v in labels.items()},
+                 "multiplicity": {k: groups[k].rounds for k in ("clusters", "proxies")},
+                 "groups": {k: g.to(dev) for k, g in groups.items()}}
         features = x.to(dev, copy=True).requires_grad_()  # a leaf of its own, even on the same device
         use_amp = amp and side == "dev"
         dtype = torch.float16 if torch.device(dev).type == "cuda" else torch.bfloat16

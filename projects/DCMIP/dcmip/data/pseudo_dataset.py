@@ -78,7 +78,13 @@ def collate_with_multiplicity(items: List[Dict]) -> Dict:
     by cluster, by proxy and by camera (:class:`LabelGroups`: the memories' per-label
     bookkeeping, done here in the loader's workers instead of in the training step)."""
     batch = fast_batch_collator(items)
-    batch["groups"] = {key: LabelGroups.from_labels([item[key] for item in items])
-                       for key in ("clusters", "proxies", "camids")}
+    batch["groups"] = group_batch(batch)
     batch["multiplicity"] = {key: batch["groups"][key].rounds for key in ("clusters", "proxies")}
     return batch
+
+
+def group_batch(batch: Dict) -> Dict[str, LabelGroups]:
+    """The batch's clusters, proxies and cameras grouped on the host (:class:`LabelGroups`), as
+    ``batch["groups"]``: what the collation adds, and what batches built elsewhere (benchmarks,
+    checks) add to run the training path."""
+    return {key: LabelGroups.from_labels(batch[key]) for key in ("clusters", "proxies", "camids")}
