@@ -224,6 +224,21 @@ def test_online_positives_with_fewer_cameras_than_k2():
     assert p2.valid.tolist() == [[True, True, True, False]]
 
 
+@pytest.mark.parametrize("proxy_cam", [[0, 0, 1, 1, 2, 3, 3, 2], [0, 2, 0, 2, 2, 0, 3, 0]])
+def test_online_positives_with_the_filled_count_known(proxy_cam):
+    """Given the number of cameras with proxies (known on the host), the masking and validity
+    operations it makes unnecessary are skipped; P2 is the same, with and without an empty
+    camera (camera 1 in the second table), for K2 below, at and above the filled count."""
+    proxy_cam = torch.tensor(proxy_cam)
+    table = group_table(proxy_cam, 4)
+    filled = len(proxy_cam.unique())
+    b = torch.randn(6, len(proxy_cam), generator=torch.Generator().manual_seed(filled))
+    for k2 in range(1, 6):
+        expected = online_positives(b, table, k2)
+        p2 = online_positives(b, table, k2, filled=filled)
+        assert torch.equal(p2.index, expected.index) and torch.equal(p2.valid, expected.valid), k2
+
+
 def test_merged_positives_union():
     """P1 = {0, 2} (cluster 0), P2 = {2, 3}: P3 = {0, 2, 3}."""
     proxy_cluster = torch.tensor([0, 1, 0, 1])

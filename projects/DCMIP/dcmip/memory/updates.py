@@ -106,9 +106,9 @@ def grouped_momentum_update_(memory: torch.Tensor, features: torch.Tensor, group
     features = features if features.dtype == memory.dtype else features.to(memory.dtype)
     ordered = features.index_select(0, groups.occurrence.flatten()).view(groups.rounds, -1, memory.shape[1])
     state = memory.index_select(0, groups.labels)
-    for r in range(groups.rounds):
+    for r, round_features in enumerate(ordered.unbind(0)):
         # lerp(f, state, m) = m state + (1 - m) f, then F.normalize's division in place.
-        updated = torch.lerp(ordered[r], state, momentum)
+        updated = torch.lerp(round_features, state, momentum)
         updated.div_(torch.linalg.vector_norm(updated, dim=1, keepdim=True).clamp_min_(1e-12))
         # A label with fewer than r + 1 images keeps its entry.
         state = updated if groups.complete else torch.where(groups.present[r].unsqueeze(1), updated, state)

@@ -18,6 +18,7 @@ fixed by the inputs' shapes and the hyper-parameters: no per-image loop, no ``no
 Nothing here imports fastreid.
 """
 import functools
+import itertools
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -166,17 +167,23 @@ def contrastive_terms(scores, positive_sets: Sequence[ProxySet], candidates: tor
     are read with a single gather, each set's P ∪ Q is a mask over those N columns, and the
     gradient is formed directly (:class:`_MultiPositiveContrast`); with :class:`SparseScores`
     it goes straight to the features."""
-    index = torch.cat([p.index for p in positive_sets], dim=1)
-    valid = torch.cat([p.valid for p in positive_sets], dim=1)
+    single = len(positive_sets) == 1
+    index = positive_sets[0].index if single else torch.cat([p.index for p in positive_sets], dim=1)
+    valid = positive_sets[0].valid if single else torch.cat([p.valid for p in positive_sets], dim=1)
     dtype = scores.detach().dtype
-    # (L, M): which of the M positive slots belong to set l.
-    owner, owns = _slot_owner(tuple(p.index.shape[1] for p in positive_sets), index.device, dtype)
-    # (B, L, K): how many valid slots of set l hold each candidate (0 or 1: members are distinct).
-    hits = (index.unsqueeze(2) == candidates.unsqueeze(1)) & valid.unsqueeze(2)
-    outside = torch.matmul(owner, hits.to(dtype)) == 0
+    widths = tuple(p.index.shape[1] for p in positive_sets)
+    # (B, M, K) whether slot m holds candidate k. An invalid slot repeats a member of its row
+    # (ProxySet), so it adds no candidate that a valid slot does not: no masking by ``valid``.
+    hits = index.unsqueeze(2) == candidates.unsqueeze(1)
+    # (B, L, K): the candidates outside each set.
+    if single:
+        outside = hits.any(dim=1, keepdim=True).logical_not_()
+    else:
+        outside = torch.stack([hits[:, start:stop].any(dim=1) for start, stop in _slot_ranges(widths)],
+                              dim=1).logical_not_()
     # Q: the candidates outside P whose rank among those is at most K1.
     q_valid = outside & (outside.cumsum(dim=2) <= k1)
-    positive = valid.unsqueeze(1) & owns
+    positive = valid.unsqueeze(1) & _slot_owner(widths, index.device)
     positive_weight = positive.to(dtype)
     positive_weight /= positive_weight.sum(dim=2, keepdim=True)  # 1/|P| on P, 0 elsewhere
     members = torch.cat([positive, q_valid], dim=2)
@@ -190,22 +197,33 @@ def contrastive_terms(scores, positive_sets: Sequence[ProxySet], candidates: tor
 
 
 @functools.lru_cache(maxsize=32)
-def _slot_owner(widths: Tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(L, Σ widths) 1 where slot m belongs to set l (the sets' slots side by side), in
-    ``dtype`` and as booleans. A constant of the configuration, made once instead of a few
-    operations per step."""
-    owner = torch.zeros(len(widths), sum(widths), dtype=dtype, device=device)
-    start = 0
-    for row, width in enumerate(widths):
-        owner[row, start:start + width] = 1
-        start += width
-    return owner, owner.bool()
+def _slot_ranges(widths: Tuple[int, ...]) -> Tuple[Tuple[int, int], ...]:
+    """The (start, stop) slots of each set, the sets' slots side by side."""
+    stops = tuple(itertools.accumulate(widths))
+    return tuple(zip((0,) + stops[:-1], stops))
+
+
+@functools.lru_cache(maxsize=32)
+def _slot_owner(widths: Tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """(L, Σ widths) True where slot m belongs to set l (the sets' slots side by side). A
+    constant of the configuration, made once instead of a few operations per step."""
+    owner = torch.zeros(len(widths), sum(widths), dtype=torch.bool, device=device)
+    for row, (start, stop) in enumerate(_slot_ranges(widths)):
+        owner[row, start:stop] = True
+    return owner
 
 
 @functools.lru_cache(maxsize=8)
 def _minus_infinity(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """-inf as a 0-d tensor: ``torch.where`` with a Python float wraps it anew at every call."""
     return torch.tensor(float("-inf"), dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=32)
+def _bag_offsets(bags: int, width: int, device: torch.device) -> torch.Tensor:
+    """The start of every bag of ``width`` entries in a flat ``embedding_bag`` input (what it
+    builds with an ``arange`` at every call when given (bags, width) indices)."""
+    return torch.arange(0, bags * width, width, device=device)
 
 
 class _MultiPositiveContrast(torch.autograd.Function):
@@ -241,7 +259,9 @@ class _MultiPositiveContrast(torch.autograd.Function):
         grad = torch.bmm(grad_terms.unsqueeze(1), grad).squeeze(1)
         if memory is not None:
             # Padded slots repeat a column and carry a zero gradient: they add exact zeros.
-            grad = F.embedding_bag(columns, memory, per_sample_weights=_as_dtype(grad, memory.dtype), mode="sum")
+            bags, width = columns.shape
+            grad = F.embedding_bag(columns.view(-1), memory, _bag_offsets(bags, width, columns.device),
+                                   per_sample_weights=_as_dtype(grad, memory.dtype).view(-1), mode="sum")
         return _as_dtype(grad, ctx.source_dtype), None, None, None, None, None
 
 
@@ -375,7 +395,8 @@ def balanced_similarity(scores: torch.Tensor, proxy_similarities: torch.Tensor, 
 
 
 @torch.no_grad()
-def online_positives(balanced: torch.Tensor, camera_table: ProxySet, k2: int) -> ProxySet:
+def online_positives(balanced: torch.Tensor, camera_table: ProxySet, k2: int,
+                     filled: Optional[int] = None) -> ProxySet:
     """P2 of Eq. 6, by the camera-aware nearest-neighbour criterion: in every camera the proxy
     with the highest balanced similarity (the lowest index on a tie), then the K2 highest of
     these per-camera winners, best first.
@@ -387,21 +408,32 @@ def online_positives(balanced: torch.Tensor, camera_table: ProxySet, k2: int) ->
         balanced: (B, Z) b of Eq. 5 (:func:`balanced_query` against K').
         camera_table: :func:`group_table` of the proxies by camera.
         k2: K2 (3 Market-1501 / MSMT17, 2 DukeMTMC-reID, 8 VeRi-776).
+        filled: the number of cameras with proxies, when it is known on the host (the table
+            is built once per epoch): with every camera filled no camera needs masking, and
+            with at least K2 filled every slot of P2 is valid, which saves those operations.
     """
     batch = balanced.shape[0]
     num_cams, width = camera_table.index.shape
     # (B, cameras, proxies of the camera). A padding slot repeats the camera's slot 0, so it
     # never beats the first of its ties (max returns the first maximum): only the cameras
     # without proxies need masking, on the (B, cameras) maxima.
-    per_camera = balanced.index_select(1, camera_table.index.flatten()).view(batch, num_cams, width)
+    per_camera = balanced.index_select(1, camera_table.index.view(-1)).view(batch, num_cams, width)
     best, slot = per_camera.max(dim=2)
-    best = best.masked_fill(~camera_table.valid[:, 0], float("-inf"))
-    winner = camera_table.index.gather(1, slot.t()).t()
+    if filled is None or filled < num_cams:
+        best = best.masked_fill(~camera_table.valid[:, 0], float("-inf"))
     top_value, top_cam = best.topk(min(k2, num_cams), dim=1)
+    index = camera_table.index[top_cam, slot.gather(1, top_cam)]
+    if filled is not None and filled >= k2:
+        return ProxySet(index, _all_true(index.shape, index.device))
     # Slot 0 is the best camera overall, which has proxies; empty cameras come last.
     valid = top_value != float("-inf")
-    index = winner.gather(1, top_cam)
     return ProxySet(torch.where(valid, index, index[:, :1]), valid)
+
+
+@functools.lru_cache(maxsize=8)
+def _all_true(shape: Tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A constant all-True mask (read only: every consumer of a ProxySet's ``valid`` reads it)."""
+    return torch.ones(shape, dtype=torch.bool, device=device)
 
 
 def merged_positives(offline: ProxySet, online: ProxySet, clusters: torch.Tensor,

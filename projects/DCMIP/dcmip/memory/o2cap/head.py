@@ -102,6 +102,7 @@ class CameraAwareProxyMemory(MemoryHead):
                          (("offline", "instance"), ("online", self.online_negatives), ("merge", "instance"))
                          if name in self.losses}
         self.num_cams = 0
+        self.cameras_filled = None
         # Non-persistent: every memory is rebuilt from the epoch-start features (METHODS §1).
         for name in ("proxy_memory", "proxy_cluster", "proxy_cam", "cluster_proxies", "cluster_proxies_valid",
                      "camera_proxies", "camera_proxies_valid", "cluster_memory", "true_ids", "proxy_true_id",
@@ -127,6 +128,8 @@ class CameraAwareProxyMemory(MemoryHead):
             self.proxy_cam = pseudo.proxy_to_cam().to(device)
             self.cluster_proxies, self.cluster_proxies_valid = group_table(self.proxy_cluster, pseudo.num_clusters)
             self.camera_proxies, self.camera_proxies_valid = group_table(self.proxy_cam, self.num_cams)
+            # Known on the host once per epoch, it spares every step the empty-camera masking.
+            self.cameras_filled = int(self.camera_proxies_valid[:, 0].sum())
         if self.uses_clusters:
             self.cluster_memory = normalized_centroids(features, pseudo.clusters.to(device),
                                                        pseudo.num_clusters)
@@ -178,7 +181,7 @@ class CameraAwareProxyMemory(MemoryHead):
                 offline = offline_positives(clusters, ProxySet(self.cluster_proxies, self.cluster_proxies_valid))
             if self.associates_online:
                 online = online_positives(balanced, ProxySet(self.camera_proxies, self.camera_proxies_valid),
-                                          self.k2)
+                                          self.k2, self.cameras_filled)
                 self.associations.append((clusters, online.index, online.valid, batch.get("index")))
             # The positive set of each contrastive loss: L_off (Eq. 4), L_on (Eq. 6), L_merge
             # (Eq. 8), each a contrast_with_hard_negatives term.
