@@ -2,6 +2,8 @@
 terms with their direct gradient, the sparse score gradient, the per-distinct-proxy balanced
 similarity and the step on the collation's LabelGroups, against plain PyTorch and the per-image
 oracle of tests/naive_o2cap.py."""
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -137,6 +139,39 @@ def test_head_with_label_groups_matches_the_per_image_head(losses, negatives):
         torch.testing.assert_close(head.proxy_memory, naive.proxy_memory, atol=1e-12, rtol=0)
         if head.uses_clusters:
             torch.testing.assert_close(head.cluster_memory, naive.cluster_memory, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("camera_of", [{1: 2}, {1: 0, 2: 3, 4: 3}])
+def test_head_with_empty_cameras_matches_the_per_image_head(camera_of):
+    """Camera ids that no image carries leave cameras without proxies: the head then masks
+    them (its filled count is below the number of cameras), and with two cameras left, fewer
+    than K2 = 3, P2 has invalid slots. Losses, gradients and memories as the oracle's."""
+    pseudo = make_pseudo(seed=5)
+    cams = pseudo.cams.clone()
+    for old, new in camera_of.items():
+        cams[pseudo.cams == old] = new
+    proxies = torch.unique(pseudo.clusters * 5 + cams, return_inverse=True)[1]
+    pseudo = dataclasses.replace(pseudo, cams=cams, proxies=proxies)
+    losses = ("offline", "online")
+    head = CameraAwareProxyMemory(make_cfg(losses, HARD_NEGATIVES=10))
+    head.reset(pseudo)
+    assert head.cameras_filled == len(cams.unique()) < head.num_cams
+    naive = NaiveO2CAPHead(losses, k1=10)
+    naive.reset(pseudo.features, pseudo.clusters, pseudo.proxies, pseudo.cams)
+    for rows, features in random_steps(pseudo, 2, seed=7):
+        batch = grouped(batch_of(pseudo, rows))
+        f = features.clone().requires_grad_()
+        ours = head(f, batch)
+        grad, = torch.autograd.grad(sum(ours.values()), f)
+        f_naive = features.clone().requires_grad_()
+        expected = naive.forward(f_naive, batch["clusters"], batch["proxies"], batch["camids"])
+        expected_grad, = torch.autograd.grad(sum(expected.values()), f_naive)
+        for name in expected:
+            assert ours[name].item() == pytest.approx(expected[name].item(), abs=1e-10), name
+        torch.testing.assert_close(grad, expected_grad, atol=1e-10, rtol=0)
+        head.update(features, batch)
+        naive.update(features, batch["clusters"], batch["proxies"])
+        torch.testing.assert_close(head.proxy_memory, naive.proxy_memory, atol=1e-12, rtol=0)
 
 
 def test_the_grouped_step_has_no_host_sync():
