@@ -11,14 +11,18 @@ one step are counted with a ``TorchDispatchMode`` (``benchmarks/op_count.py``).
 
     PYTHONPATH=projects/DCMIP python benchmarks/o2cap_head.py [--steps 20] [--repeats 1] [--threads 1]
         [--clock cpu|wall] [--rows O2CAP O2CAP1 CAP] [--label NAME] [--append] [--parts]
+        [--baseline CHECKOUT]
 
 Prints a table and writes it to docs/benchmarks/o2cap_head.md (--append: as one more section).
 """
 import argparse
+import importlib
 import os
 import platform
+import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import torch
@@ -49,7 +53,12 @@ The per-image head, ours and the floor alternate batch by batch, so that load ch
 shared machine hit them alike, and each is timed in two regimes that treat them the same:
 cold, right after writing 64 MiB (more than the 32 MiB last-level cache: in training the
 backbone's forward and backward pass evict the caches between two head steps), and warm, on
-its second run in a row. "ours / floor" is the ratio of their medians in the same run. The
+its second run in a row. "ours / floor" is the ratio of their medians in the same run, with
+the range of the single measurements' ratios in brackets when there are several. The order
+within a batch is fixed (per-image head, ours, floor), and the 64 MiB write evicts the data
+caches but not the instruction side (instruction and decoded-instruction caches, branch
+predictors): what runs just before a function still changes its time, against ours, which
+follows the per-image head (the reading of 4c65892 in this file's history measures it). The
 ATen operators of one step of ours (forward, backward, memory update, and the L2 normalisation
 in front) are counted with a `TorchDispatchMode` (`benchmarks/op_count.py`) on a step after
 the first: on a GPU each one is a kernel launch.
@@ -95,18 +104,22 @@ def make_cfg(losses):
 FLUSH_MIB = 64
 
 
-def time_steps(steps, batches, clock, warmup: int = 3, returns: bool = False):
+def time_steps(steps, batches, clock, warmup: int = 3, returns: bool = False, alternate: bool = False):
     """Per step function, its times in ms over ``batches`` after ``warmup`` untimed steps, in
     two regimes: ``cold``, each call timed right after writing a buffer larger than the
     last-level cache (as in training, where the backbone's forward and backward pass evict the
     caches between two head steps), and ``warm``, each call timed on its second run in a row.
     The functions alternate batch by batch, so that a load change on a shared machine hits
     them alike, and each regime treats them the same: no function inherits a cache warmed by
-    another. With ``returns``, what each timed call returns is kept instead of its time."""
+    another. With ``returns``, what each timed call returns is kept instead of its time. With
+    ``alternate``, every other batch runs the functions in reverse order, so that none of them
+    always follows the same one (what ran just before still changes a function's time: the
+    write evicts the data caches, not the instruction side)."""
     flush = torch.zeros(FLUSH_MIB * 2 ** 20 // 4)
     times = {regime: [[] for _ in steps] for regime in ("cold", "warm")}
     for i, batch in enumerate(batches):
-        for step, cold, warm in zip(steps, times["cold"], times["warm"]):
+        order = list(zip(steps, times["cold"], times["warm"]))
+        for step, cold, warm in (order[::-1] if alternate and i % 2 else order):
             flush.add_(1.0)
             start = clock()
             first = step(batch)
@@ -140,12 +153,7 @@ def benchmark(dim: int, losses, steps: int, clock):
     batches = make_batches(cfg, pseudo, steps + 3, dim)
     ours = build_memory_head(cfg)
     ours.reset(pseudo)
-
-    def our_step(batch):
-        raw = batch["raw"].clone().requires_grad_()
-        features = l2_normalize(raw)  # the model's normalisation (dcmip.modeling.normalize)
-        sum(ours(features, batch).values()).backward()
-        ours.update(features.detach(), batch)
+    our_step = head_step(ours)
 
     o2cap = cfg.UNSUP.O2CAP
     naive = NaiveO2CAPHead(losses, temp=cfg.UNSUP.MEMORY.TEMP, momentum=cfg.UNSUP.MEMORY.MOMENTUM,
@@ -172,6 +180,49 @@ def benchmark(dim: int, losses, steps: int, clock):
     our_step(batches[0])
     ops = sum(count_aten_ops(our_step, batches[1]).values())
     return time_steps((naive_step, our_step, floor), batches, clock), ops
+
+
+def head_step(head):
+    """One training step of a memory head: forward, backward and update, with the model's L2
+    normalisation (dcmip.modeling.normalize) in front, from a leaf tensor."""
+    def step(batch):
+        raw = batch["raw"].clone().requires_grad_()
+        features = l2_normalize(raw)
+        sum(head(features, batch).values()).backward()
+        head.update(features.detach(), batch)
+    return step
+
+
+def load_baseline(checkout: str):
+    """The memory package of another checkout (e.g. a ``git worktree`` of an earlier commit),
+    imported as ``dcmip_baseline`` beside this one. Its package ``__init__`` is not run: it
+    would register the plugin's fastreid components a second time. Its heads must read the
+    batch keys this script's batches carry."""
+    root = os.path.join(os.path.abspath(checkout), "projects", "DCMIP", "dcmip")
+    if not os.path.isfile(os.path.join(root, "memory", "__init__.py")):
+        sys.exit(f"--baseline {checkout}: no projects/DCMIP/dcmip/memory package there; give the root "
+                 "of a checkout, e.g. one made with `git worktree add /tmp/baseline <commit>`")
+    package = types.ModuleType("dcmip_baseline")
+    package.__path__ = [root]
+    sys.modules["dcmip_baseline"] = package
+    return importlib.import_module("dcmip_baseline.memory")
+
+
+def side_by_side(dim: int, losses, steps: int, clock, baseline):
+    """Times of the baseline's head and ours on the same batches, in one process, the two
+    alternating batch by batch and swapping order every other batch (``time_steps``'
+    ``alternate``), and each head's ATen operators per step."""
+    pseudo = synthetic_pseudo_labels(dim)
+    cfg = make_cfg(losses)
+    batches = make_batches(cfg, pseudo, steps + 3, dim)
+    heads = [baseline.build_memory_head(cfg), build_memory_head(cfg)]
+    step_fns = []
+    for head in heads:
+        head.reset(pseudo)
+        step_fns.append(head_step(head))
+        step_fns[-1](batches[0])
+    ops = [sum(count_aten_ops(fn, batches[1]).values()) for fn in step_fns]
+    return time_steps(tuple(step_fns), batches, clock, alternate=True), ops
 
 
 #: The parts of ours timed by --parts: the functions the head calls, by name in its module.
@@ -230,6 +281,17 @@ def part_times(dim: int, losses, steps: int, clock):
             for regime, runs in times.items()}
 
 
+def ratio_cell(runs, regime: str) -> str:
+    """"ours / floor" of the medians over all repeats, and the range of the repeats' own
+    ratios when there are several (the spread between runs on a shared machine)."""
+    medians = np.array([[np.median(times[regime][i]) for i in (1, 2)] for times, _ in runs])
+    ratio = np.median(medians[:, 0]) / np.median(medians[:, 1])
+    if len(runs) == 1:
+        return f"{ratio:.2f}"
+    each = medians[:, 0] / medians[:, 1]
+    return f"{ratio:.2f} ({each.min():.2f}-{each.max():.2f})"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
@@ -242,6 +304,9 @@ def main():
     parser.add_argument("--label", default="", help="a name for this run's section, e.g. the commit measured")
     parser.add_argument("--output", default=os.path.join(ROOT, "docs", "benchmarks", "o2cap_head.md"))
     parser.add_argument("--append", action="store_true", help="add this run to the output file as a new section")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="also time the memory head of another checkout (e.g. a git worktree of an "
+                             "earlier commit) side by side with ours, in this process")
     parser.add_argument("--parts", action="store_true",
                         help="also time the parts of O2CAP's step at d = 128 inside it, cold and warm")
     args = parser.parse_args()
@@ -259,8 +324,8 @@ def main():
                   for regime in ("cold", "warm")}
             (naive, ours, floor), (_, ours_warm, floor_warm) = ms["cold"], ms["warm"]
             table.append([name, " + ".join(losses), dim, f"{naive:.1f}", f"{ours:.2f}", f"{floor:.2f}",
-                          f"{ours / floor:.2f}", f"{ours_warm:.2f}", f"{floor_warm:.2f}",
-                          f"{ours_warm / floor_warm:.2f}", f"{naive / ours:.1f}x", runs[0][1]])
+                          ratio_cell(runs, "cold"), f"{ours_warm:.2f}", f"{floor_warm:.2f}",
+                          ratio_cell(runs, "warm"), f"{naive / ours:.1f}x", runs[0][1]])
             print(table[-1], flush=True)
     headers = ["row", "losses", "d", "per-image head, cold (ms/step)", "ours, cold (ms/step)", "floor, cold (ms)",
                "ours / floor, cold", "ours, warm (ms/step)", "floor, warm (ms)", "ours / floor, warm",
@@ -279,6 +344,37 @@ def main():
               f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d %H:%M')}; 1-minute load "
               f"average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after (other processes share the "
               f"{os.cpu_count()} cores).\n\n")
+    flags = []
+    if args.baseline:
+        baseline = load_baseline(args.baseline)
+        commit = subprocess.run(["git", "-C", args.baseline, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip() or "its commit unknown"
+        rows_vs = []
+        for dim in (2048, 128):
+            for name, losses in ROWS:
+                if name not in args.rows:
+                    continue
+                runs = [side_by_side(dim, losses, args.steps, CLOCKS[args.clock], baseline)
+                        for _ in range(args.repeats)]
+                cells = [name, " + ".join(losses), dim]
+                for regime in ("cold", "warm"):
+                    base, ours = (float(np.median([np.median(times[regime][i]) for times, _ in runs])) for i in (0, 1))
+                    each = [np.median(times[regime][1]) / np.median(times[regime][0]) for times, _ in runs]
+                    spread = f" ({min(each):.2f}-{max(each):.2f})" if len(runs) > 1 else ""
+                    cells += [f"{base:.2f}", f"{ours:.2f}", f"{ours / base:.2f}{spread}"]
+                cells += list(runs[0][1])
+                rows_vs.append(cells)
+                print(rows_vs[-1], flush=True)
+        text += (f"\n\nOurs against the baseline's head ({commit}, `--baseline`), side by side in this process on "
+                 "the same batches, alternating and swapping order every other batch; median over "
+                 f"{args.steps} steps, then over {args.repeats} measurement(s) (the range of the measurements' "
+                 "ratios in brackets):\n\n"
+                 + tabulate(rows_vs, headers=["row", "losses", "d", "baseline, cold (ms)", "ours, cold (ms)",
+                                              "ours / baseline, cold", "baseline, warm (ms)", "ours, warm (ms)",
+                                              "ours / baseline, warm", "ATen ops (baseline)", "ATen ops (ours)"],
+                            tablefmt="github"))
+        print(text)
+        flags.append(f"--baseline {args.baseline}")
     if args.parts:
         parts = part_times(128, dict(ROWS)["O2CAP"], args.steps, CLOCKS[args.clock])
         part_rows = [[part, f"{parts['cold'][part]:.2f}", f"{parts['warm'][part]:.2f}"] for part in parts["cold"]]
@@ -287,7 +383,8 @@ def main():
                  "the head's own Python and the operators between the parts):\n\n"
                  + tabulate(part_rows, headers=["part", "cold (ms)", "warm (ms)"], tablefmt="github"))
         print(text)
-        header = header.replace(f"--rows {rows}`", f"--rows {rows} --parts`")
+        flags.append("--parts")
+    header = header.replace(f"--rows {rows}`", f"--rows {rows}{''.join(' ' + flag for flag in flags)}`")
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "a" if args.append else "w") as f:
         f.write(("\n" if args.append else title) + header + text + "\n")
