@@ -58,7 +58,8 @@ the range of the single measurements' ratios in brackets when there are several.
 within a batch is fixed (per-image head, ours, floor), and the 64 MiB write evicts the data
 caches but not the instruction side (instruction and decoded-instruction caches, branch
 predictors): what runs just before a function still changes its time, against ours, which
-follows the per-image head (the reading of 4c65892 in this file's history measures it). The
+follows the per-image head (measured in the reading committed with 4c65892, here or in this
+file's history). The
 ATen operators of one step of ours (forward, backward, memory update, and the L2 normalisation
 in front) are counted with a `TorchDispatchMode` (`benchmarks/op_count.py`) on a step after
 the first: on a GPU each one is a kernel launch.
