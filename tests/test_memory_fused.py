@@ -15,7 +15,8 @@ from dcmip.data.pseudo_dataset import group_batch
 from dcmip.memory.o2cap.head import CameraAwareProxyMemory
 from dcmip.structures import LabelGroups
 from naive_o2cap import NaiveO2CAPHead, naive_multi_positive
-from test_o2cap import SYNCING_OPS, _RecordOps, batch_of, make_cfg, make_pseudo, random_steps
+from test_o2cap import (SYNCING_OPS, _RecordOps, assert_steps_match_the_oracle, batch_of, make_cfg, make_pseudo,
+                        random_steps)
 
 
 # ---- top_columns ------------------------------------------------------------------------------
@@ -122,23 +123,7 @@ def test_head_with_label_groups_matches_the_per_image_head(losses, negatives):
     head.reset(pseudo)
     naive = NaiveO2CAPHead(losses, k1=10, negatives=negatives)
     naive.reset(pseudo.features, pseudo.clusters, pseudo.proxies, pseudo.cams)
-    for rows, features in random_steps(pseudo, 2, seed=7):
-        batch = grouped(batch_of(pseudo, rows))
-        f = features.clone().requires_grad_()
-        ours = head(f, batch)
-        grad, = torch.autograd.grad(sum(ours.values()), f)
-        f_naive = features.clone().requires_grad_()
-        expected = naive.forward(f_naive, batch["clusters"], batch["proxies"], batch["camids"])
-        expected_grad, = torch.autograd.grad(sum(expected.values()), f_naive)
-        assert set(ours) == set(expected)
-        for name in expected:
-            assert ours[name].item() == pytest.approx(expected[name].item(), abs=1e-10), name
-        torch.testing.assert_close(grad, expected_grad, atol=1e-10, rtol=0)
-        head.update(features, batch)
-        naive.update(features, batch["clusters"], batch["proxies"])
-        torch.testing.assert_close(head.proxy_memory, naive.proxy_memory, atol=1e-12, rtol=0)
-        if head.uses_clusters:
-            torch.testing.assert_close(head.cluster_memory, naive.cluster_memory, atol=1e-12, rtol=0)
+    assert_steps_match_the_oracle(head, naive, pseudo, random_steps(pseudo, 2, seed=7), prepare=grouped)
 
 
 @pytest.mark.parametrize("camera_of", [{1: 2}, {1: 0, 2: 3, 4: 3}])
@@ -158,20 +143,7 @@ def test_head_with_empty_cameras_matches_the_per_image_head(camera_of):
     assert head.cameras_filled == len(cams.unique()) < head.num_cams
     naive = NaiveO2CAPHead(losses, k1=10)
     naive.reset(pseudo.features, pseudo.clusters, pseudo.proxies, pseudo.cams)
-    for rows, features in random_steps(pseudo, 2, seed=7):
-        batch = grouped(batch_of(pseudo, rows))
-        f = features.clone().requires_grad_()
-        ours = head(f, batch)
-        grad, = torch.autograd.grad(sum(ours.values()), f)
-        f_naive = features.clone().requires_grad_()
-        expected = naive.forward(f_naive, batch["clusters"], batch["proxies"], batch["camids"])
-        expected_grad, = torch.autograd.grad(sum(expected.values()), f_naive)
-        for name in expected:
-            assert ours[name].item() == pytest.approx(expected[name].item(), abs=1e-10), name
-        torch.testing.assert_close(grad, expected_grad, atol=1e-10, rtol=0)
-        head.update(features, batch)
-        naive.update(features, batch["clusters"], batch["proxies"])
-        torch.testing.assert_close(head.proxy_memory, naive.proxy_memory, atol=1e-12, rtol=0)
+    assert_steps_match_the_oracle(head, naive, pseudo, random_steps(pseudo, 2, seed=7), prepare=grouped)
 
 
 def test_the_grouped_step_has_no_host_sync():

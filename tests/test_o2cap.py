@@ -93,6 +93,30 @@ def random_steps(pseudo, num_steps, batch=32, seed=1):
     return steps
 
 
+def assert_steps_match_the_oracle(head, naive, pseudo, steps, prepare=lambda batch: batch):
+    """Step by step (``random_steps``), the head against the per-image oracle of
+    tests/naive_o2cap.py: the losses and their gradient (1e-10), then the memories after both
+    updates (1e-12). ``prepare`` adds to each batch what the collation would (e.g. groups)."""
+    for rows, features in steps:
+        batch = prepare(batch_of(pseudo, rows))
+        f = features.clone().requires_grad_()
+        ours = head(f, batch)
+        grad, = torch.autograd.grad(sum(ours.values()), f)
+        f_naive = features.clone().requires_grad_()
+        expected = naive.forward(f_naive, batch["clusters"], batch["proxies"], batch["camids"])
+        expected_grad, = torch.autograd.grad(sum(expected.values()), f_naive)
+        assert ours.keys() == expected.keys()
+        for name in expected:
+            assert ours[name].item() == pytest.approx(expected[name].item(), abs=1e-10), name
+        torch.testing.assert_close(grad, expected_grad, atol=1e-10, rtol=0)
+        head.update(features, batch)
+        naive.update(features, batch["clusters"], batch["proxies"])
+        if head.uses_proxies:
+            torch.testing.assert_close(head.proxy_memory, naive.proxy_memory, atol=1e-12, rtol=0)
+        if head.uses_clusters:
+            torch.testing.assert_close(head.cluster_memory, naive.cluster_memory, atol=1e-12, rtol=0)
+
+
 def batch_of(pseudo, rows, multiplicity=True):
     batch = {"clusters": pseudo.clusters[rows], "proxies": pseudo.proxies[rows], "camids": pseudo.cams[rows],
              "index": rows}
@@ -330,24 +354,7 @@ def test_head_matches_the_per_image_head(row, losses, negatives, reduction):
     head.reset(pseudo)
     naive = NaiveO2CAPHead(losses, k1=k1, negatives=negatives, baseline_reduction=reduction)
     naive.reset(pseudo.features, pseudo.clusters, pseudo.proxies, pseudo.cams)
-    for rows, features in random_steps(pseudo, 3):
-        batch = batch_of(pseudo, rows)
-        f = features.clone().requires_grad_()
-        ours = head(f, batch)
-        ours_grad, = torch.autograd.grad(sum(ours.values()), f)
-        f_naive = features.clone().requires_grad_()
-        expected = naive.forward(f_naive, batch["clusters"], batch["proxies"], batch["camids"])
-        expected_grad, = torch.autograd.grad(sum(expected.values()), f_naive)
-        assert ours.keys() == expected.keys()
-        for name in ours:
-            assert ours[name].item() == pytest.approx(expected[name].item(), abs=1e-10), name
-        assert torch.allclose(ours_grad, expected_grad, atol=1e-10)
-        head.update(features, batch)
-        naive.update(features, batch["clusters"], batch["proxies"])
-        if head.uses_proxies:
-            assert torch.allclose(head.proxy_memory, naive.proxy_memory, atol=1e-12)
-        if head.uses_clusters:
-            assert torch.allclose(head.cluster_memory, naive.cluster_memory, atol=1e-12)
+    assert_steps_match_the_oracle(head, naive, pseudo, random_steps(pseudo, 3))
 
 
 def test_float32_head_matches_within_1e_5():
