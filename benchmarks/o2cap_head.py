@@ -282,10 +282,11 @@ def part_times(dim: int, losses, steps: int, clock):
             for regime, runs in times.items()}
 
 
-def ratio_cell(runs, regime: str) -> str:
-    """"ours / floor" of the medians over all repeats, and the range of the repeats' own
-    ratios when there are several (the spread between runs on a shared machine)."""
-    medians = np.array([[np.median(times[regime][i]) for i in (1, 2)] for times, _ in runs])
+def ratio_cell(runs, regime: str, numerator: int = 1, denominator: int = 2) -> str:
+    """The ratio of two timed functions' medians over all repeats (by default "ours / floor"),
+    and the range of the repeats' own ratios when there are several (the spread between runs
+    on a shared machine)."""
+    medians = np.array([[np.median(times[regime][i]) for i in (numerator, denominator)] for times, _ in runs])
     ratio = np.median(medians[:, 0]) / np.median(medians[:, 1])
     if len(runs) == 1:
         return f"{ratio:.2f}"
@@ -360,9 +361,7 @@ def main():
                 cells = [name, " + ".join(losses), dim]
                 for regime in ("cold", "warm"):
                     base, ours = (float(np.median([np.median(times[regime][i]) for times, _ in runs])) for i in (0, 1))
-                    each = [np.median(times[regime][1]) / np.median(times[regime][0]) for times, _ in runs]
-                    spread = f" ({min(each):.2f}-{max(each):.2f})" if len(runs) > 1 else ""
-                    cells += [f"{base:.2f}", f"{ours:.2f}", f"{ours / base:.2f}{spread}"]
+                    cells += [f"{base:.2f}", f"{ours:.2f}", ratio_cell(runs, regime, numerator=1, denominator=0)]
                 cells += list(runs[0][1])
                 rows_vs.append(cells)
                 print(rows_vs[-1], flush=True)
