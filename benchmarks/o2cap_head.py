@@ -5,13 +5,16 @@ Ours (``CameraAwareProxyMemory``, vectorised) against the per-image head of
 Python the way their code does, and against the floor of any implementation that forms the
 scores densely: the bare products ``f K'^T`` and ``g K'`` at the same shapes. Batch 32 from the
 proxy-balanced sampler (8 proxies x 4), Z = 4,024 camera-aware proxies over 6 cameras
-(Market-1501-like), d = 2048 and d = 128. Only the head is timed: the features come from a leaf
-tensor through the L2 normalisation, so the backward pass is the head's. The ATen operators of
-one step are counted with a ``TorchDispatchMode`` (``benchmarks/op_count.py``).
+(Market-1501-like), d = 2048 (the GPU configs), 1280 (the CPU configs) and 128. Only the head
+is timed: the features come from a leaf tensor through the L2 normalisation, so the backward
+pass is the head's. The ATen operators of one step are counted with a ``TorchDispatchMode``
+(``benchmarks/op_count.py``). Every cold call follows the CPU configs' backbone (MobileNetV2 at
+128 x 64) forward and backward pass on 2 images, as a head step follows the backbone's in
+training; for scale, the same run times that pass on a batch of the same size.
 
     PYTHONPATH=projects/DCMIP python benchmarks/o2cap_head.py [--steps 20] [--repeats 1] [--threads 1]
-        [--clock cpu|wall] [--rows O2CAP O2CAP1 CAP] [--label NAME] [--append] [--parts]
-        [--baseline CHECKOUT]
+        [--clock cpu|wall] [--rows O2CAP O2CAP1 CAP] [--dims 2048 1280 128] [--predecessor backbone|none]
+        [--label NAME] [--append] [--parts] [--baseline CHECKOUT]
 
 Prints a table and writes it to docs/benchmarks/o2cap_head.md (--append: as one more section).
 """
@@ -40,6 +43,7 @@ from dcmip.modeling.normalize import l2_normalize  # noqa: E402
 from dcmip.sampling import build_sampler  # noqa: E402
 from dcmip.structures import PseudoLabels  # noqa: E402
 from fastreid.config import get_cfg  # noqa: E402
+from fastreid.modeling.backbones import build_backbone  # noqa: E402
 from naive_o2cap import NaiveO2CAPHead  # noqa: E402
 from op_count import count_aten_ops  # noqa: E402
 
@@ -51,18 +55,21 @@ scores computed by one matmul per camera group. The floor is the pair of bare pr
 implementation that forms the (B, Z) scores needs, `f @ K'.T` and `g @ K'` (the input gradient).
 The per-image head, ours and the floor alternate batch by batch, so that load changes on a
 shared machine hit them alike, and each is timed in two regimes that treat them the same:
-cold, right after writing 64 MiB (more than the 32 MiB last-level cache: in training the
-backbone's forward and backward pass evict the caches between two head steps), and warm, on
-its second run in a row. "ours / floor" is the ratio of their medians in the same run, with
-the range of the single measurements' ratios in brackets when there are several. The order
-within a batch is fixed (per-image head, ours, floor), and the 64 MiB write evicts the data
-caches but not the instruction side (instruction and decoded-instruction caches, branch
-predictors): what runs just before a function still changes its time, against ours, which
-follows the per-image head (measured in the reading committed with 4c65892, here or in this
-file's history). The
+cold, right after what precedes a head step in training, the backbone's forward and backward
+pass (the CPU configs' MobileNetV2 on 2 images), and a 64 MiB write (more than the 32 MiB
+last-level cache, so the data caches are cold whatever the pass left); and warm, on its second
+run in a row. The backbone pass is there for the instruction side (instruction and
+decoded-instruction caches, branch predictors), which the write leaves alone: without it
+(`--predecessor none`) each function inherits the state of the one timed before it, here ours
+the per-image head's long Python loop and the floor ours, whose own product has just run the
+same matrix-product code. "ours / floor" is the ratio of their medians in the same run, with
+the range of the single measurements' ratios in brackets when there are several. The
 ATen operators of one step of ours (forward, backward, memory update, and the L2 normalisation
 in front) are counted with a `TorchDispatchMode` (`benchmarks/op_count.py`) on a step after
-the first: on a GPU each one is a kernel launch.
+the first: on a GPU each one is a kernel launch. "ours / backbone step" puts the head's cold
+step beside the forward and backward pass of the CPU configs' backbone (MobileNetV2, 128 x 64,
+random weights, training mode) on a batch of the same size, timed in the same run: what the
+rest of a training step costs on this machine.
 
 The batches carry what the training collation prepares on the host
 (`collate_with_multiplicity`): the batch grouped by cluster, proxy and camera (`LabelGroups`:
@@ -105,22 +112,25 @@ def make_cfg(losses):
 FLUSH_MIB = 64
 
 
-def time_steps(steps, batches, clock, warmup: int = 3, returns: bool = False, alternate: bool = False):
+def time_steps(steps, batches, clock, warmup: int = 3, returns: bool = False, alternate: bool = False,
+               before=None):
     """Per step function, its times in ms over ``batches`` after ``warmup`` untimed steps, in
-    two regimes: ``cold``, each call timed right after writing a buffer larger than the
-    last-level cache (as in training, where the backbone's forward and backward pass evict the
-    caches between two head steps), and ``warm``, each call timed on its second run in a row.
-    The functions alternate batch by batch, so that a load change on a shared machine hits
-    them alike, and each regime treats them the same: no function inherits a cache warmed by
-    another. With ``returns``, what each timed call returns is kept instead of its time. With
-    ``alternate``, every other batch runs the functions in reverse order, so that none of them
-    always follows the same one (what ran just before still changes a function's time: the
-    write evicts the data caches, not the instruction side)."""
+    two regimes: ``cold``, each call timed right after ``before()`` (a backbone pass, what
+    precedes the head in training) and the write of a buffer larger than the last-level cache,
+    and ``warm``, each call timed on its second run in a row. The functions alternate batch by
+    batch, so that a load change on a shared machine hits them alike, and each regime treats
+    them the same: no function inherits a cache warmed by another. The write evicts the data
+    caches, not the instruction side (instruction caches, branch predictors), so without
+    ``before`` what ran just before a function still changes its time. With ``returns``, what
+    each timed call returns is kept instead of its time. With ``alternate``, every other batch
+    runs the functions in reverse order, so that none of them always follows the same one."""
     flush = torch.zeros(FLUSH_MIB * 2 ** 20 // 4)
     times = {regime: [[] for _ in steps] for regime in ("cold", "warm")}
     for i, batch in enumerate(batches):
         order = list(zip(steps, times["cold"], times["warm"]))
         for step, cold, warm in (order[::-1] if alternate and i % 2 else order):
+            if before is not None:
+                before()
             flush.add_(1.0)
             start = clock()
             first = step(batch)
@@ -146,7 +156,7 @@ def make_batches(cfg, pseudo: PseudoLabels, count: int, dim: int):
     return batches
 
 
-def benchmark(dim: int, losses, steps: int, clock):
+def benchmark(dim: int, losses, steps: int, clock, before=None):
     """Times of the per-image head, ours and the floor, and the number of ATen operators one
     step of ours dispatches."""
     pseudo = synthetic_pseudo_labels(dim)
@@ -180,7 +190,43 @@ def benchmark(dim: int, losses, steps: int, clock):
     # Counted on the second step: the first also builds the head's cached constants.
     our_step(batches[0])
     ops = sum(count_aten_ops(our_step, batches[1]).values())
-    return time_steps((naive_step, our_step, floor), batches, clock), ops
+    return time_steps((naive_step, our_step, floor), batches, clock, before=before), ops
+
+
+#: Images of the backbone pass that precedes every cold call: the same code as a training
+#: step's pass (which evicts the instruction side as it does), at a small cost per call.
+PREDECESSOR_IMAGES = 2
+
+
+def cpu_backbone():
+    """The CPU configs' backbone (MobileNetV2, random weights: they do not change the time) in
+    training mode, and a function that runs its forward and backward pass on ``n`` images."""
+    cfg = add_dcmip_config(get_cfg())
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "O2CAP", "market_split_cpu.yml"))
+    cfg.MODEL.BACKBONE.PRETRAIN = False
+    backbone = build_backbone(cfg).train()
+
+    def make_pass(n: int):
+        images = torch.randn(n, 3, *cfg.INPUT.SIZE_TRAIN, generator=torch.Generator().manual_seed(3))
+
+        def backbone_pass():
+            backbone.zero_grad(set_to_none=True)
+            backbone(images).mean(dim=(2, 3)).sum().backward()
+        return backbone_pass
+    return make_pass
+
+
+def backbone_step_ms(make_pass, steps: int, clock, warmup: int = 3) -> float:
+    """The median time (ms) of the backbone's forward and backward pass on a batch of
+    ``BATCH`` images: the part of a training step that is not the head."""
+    backbone_pass = make_pass(BATCH)
+    times = []
+    for i in range(warmup + steps):
+        start = clock()
+        backbone_pass()
+        if i >= warmup:
+            times.append(1e3 * (clock() - start))
+    return float(np.median(times))
 
 
 def head_step(head):
@@ -209,7 +255,7 @@ def load_baseline(checkout: str):
     return importlib.import_module("dcmip_baseline.memory")
 
 
-def side_by_side(dim: int, losses, steps: int, clock, baseline):
+def side_by_side(dim: int, losses, steps: int, clock, baseline, before=None):
     """Times of the baseline's head and ours on the same batches, in one process, the two
     alternating batch by batch and swapping order every other batch (``time_steps``'
     ``alternate``), and each head's ATen operators per step."""
@@ -223,7 +269,7 @@ def side_by_side(dim: int, losses, steps: int, clock, baseline):
         step_fns.append(head_step(head))
         step_fns[-1](batches[0])
     ops = [sum(count_aten_ops(fn, batches[1]).values()) for fn in step_fns]
-    return time_steps(tuple(step_fns), batches, clock, alternate=True), ops
+    return time_steps(tuple(step_fns), batches, clock, alternate=True, before=before), ops
 
 
 #: The parts of ours timed by --parts: the functions the head calls, by name in its module.
@@ -231,7 +277,7 @@ PARTS = ("distinct_proxy_queries", "memory_scores", "top_columns", "balanced_sim
          "online_positives", "contrastive_terms", "batch_momentum_update_")
 
 
-def part_times(dim: int, losses, steps: int, clock):
+def part_times(dim: int, losses, steps: int, clock, before=None):
     """regime -> part -> ms: ours, timed part by part inside its step (the head module's
     functions wrapped in timers; "backward" and "normalisation" around them), cold and warm as
     in :func:`time_steps`."""
@@ -274,7 +320,7 @@ def part_times(dim: int, losses, steps: int, clock):
     for name in PARTS:
         setattr(head_module, name, timed(name, originals[name]))
     try:
-        times = time_steps((whole,), batches, clock, returns=True)
+        times = time_steps((whole,), batches, clock, returns=True, before=before)
     finally:
         for name, fn in originals.items():
             setattr(head_module, name, fn)
@@ -303,6 +349,11 @@ def main():
                         help="wall: elapsed time; cpu: the process's CPU time, insensitive to other "
                              "processes on a shared machine (meaningful with --threads 1)")
     parser.add_argument("--rows", nargs="+", choices=[name for name, _ in ROWS], default=[name for name, _ in ROWS])
+    parser.add_argument("--predecessor", choices=("backbone", "none"), default="backbone",
+                        help="what runs before every cold call, ahead of the 64 MiB write: the CPU configs' "
+                             "backbone pass on 2 images (as a training step's pass precedes the head), or "
+                             "nothing (then a function's time depends on the one timed before it)")
+    parser.add_argument("--dims", nargs="+", type=int, default=[2048, 1280, 128], help="feature dimensions d")
     parser.add_argument("--label", default="", help="a name for this run's section, e.g. the commit measured")
     parser.add_argument("--output", default=os.path.join(ROOT, "docs", "benchmarks", "o2cap_head.md"))
     parser.add_argument("--append", action="store_true", help="add this run to the output file as a new section")
@@ -315,34 +366,42 @@ def main():
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
 
+    make_pass = cpu_backbone()
+    backbone = backbone_step_ms(make_pass, args.steps, CLOCKS[args.clock])
+    print(f"backbone step: {backbone:.1f} ms", flush=True)
+    before = make_pass(PREDECESSOR_IMAGES) if args.predecessor == "backbone" else None
     table = []
-    for dim in (2048, 128):
+    for dim in args.dims:
         for name, losses in ROWS:
             if name not in args.rows:
                 continue
-            runs = [benchmark(dim, losses, args.steps, CLOCKS[args.clock]) for _ in range(args.repeats)]
+            runs = [benchmark(dim, losses, args.steps, CLOCKS[args.clock], before) for _ in range(args.repeats)]
             # regime -> (per-image, ours, floor): medians over steps, then over the repeats.
             ms = {regime: [float(np.median([np.median(times[regime][i]) for times, _ in runs])) for i in range(3)]
                   for regime in ("cold", "warm")}
             (naive, ours, floor), (_, ours_warm, floor_warm) = ms["cold"], ms["warm"]
             table.append([name, " + ".join(losses), dim, f"{naive:.1f}", f"{ours:.2f}", f"{floor:.2f}",
                           ratio_cell(runs, "cold"), f"{ours_warm:.2f}", f"{floor_warm:.2f}",
-                          ratio_cell(runs, "warm"), f"{naive / ours:.1f}x", runs[0][1]])
+                          ratio_cell(runs, "warm"), f"{naive / ours:.1f}x", f"{100 * ours / backbone:.1f} %",
+                          runs[0][1]])
             print(table[-1], flush=True)
     headers = ["row", "losses", "d", "per-image head, cold (ms/step)", "ours, cold (ms/step)", "floor, cold (ms)",
                "ours / floor, cold", "ours, warm (ms/step)", "floor, warm (ms)", "ours / floor, warm",
-               "speed-up vs per-image (cold)", "ATen ops per step (ours)"]
+               "speed-up vs per-image (cold)", "ours / backbone step, cold", "ATen ops per step (ours)"]
     text = tabulate(table, headers=headers, tablefmt="github")
     print(text)
     title = "# O2CAP head: time per training step\n\n" + READING + "\n"
-    rows = " ".join(args.rows)
+    rows, dims = " ".join(args.rows), " ".join(map(str, args.dims))
+    cold_after = f"a backbone pass on {PREDECESSOR_IMAGES} images, then " if before else ""
     header = (f"## {args.label + ': ' if args.label else ''}{args.clock} time, {args.threads} thread(s)\n\n"
               f"`python benchmarks/o2cap_head.py --steps {args.steps} --repeats {args.repeats} --threads "
-              f"{args.threads} --clock {args.clock} --rows {rows}`: {args.clock} time of the forward, backward and "
-              f"memory update of the loss head, cold (after writing {FLUSH_MIB} MiB) and warm (its second run in a "
-              f"row), the median over {args.steps} steps, then the median over "
-              f"{args.repeats} measurement(s); batch {BATCH} (8 proxies x 4), Z = {NUM_PROXIES} proxies over "
-              f"{NUM_CAMS} cameras, K1 = 50, K2 = 3, float32, torch {torch.__version__}, "
+              f"{args.threads} --clock {args.clock} --rows {rows} --dims {dims} --predecessor {args.predecessor}`: "
+              f"{args.clock} time of the forward, backward and memory update of the loss head, cold (after "
+              f"{cold_after}writing {FLUSH_MIB} MiB) and warm (its second run in a row), the median over "
+              f"{args.steps} steps, then the median over {args.repeats} measurement(s); batch {BATCH} (8 proxies "
+              f"x 4), Z = {NUM_PROXIES} proxies over "
+              f"{NUM_CAMS} cameras, K1 = 50, K2 = 3, float32; backbone step {backbone:.0f} ms (MobileNetV2, "
+              f"{BATCH} images at 128 x 64, forward and backward); torch {torch.__version__}, "
               f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d %H:%M')}; 1-minute load "
               f"average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after (other processes share the "
               f"{os.cpu_count()} cores).\n\n")
@@ -352,11 +411,11 @@ def main():
         commit = subprocess.run(["git", "-C", args.baseline, "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True).stdout.strip() or "its commit unknown"
         rows_vs = []
-        for dim in (2048, 128):
+        for dim in args.dims:
             for name, losses in ROWS:
                 if name not in args.rows:
                     continue
-                runs = [side_by_side(dim, losses, args.steps, CLOCKS[args.clock], baseline)
+                runs = [side_by_side(dim, losses, args.steps, CLOCKS[args.clock], baseline, before)
                         for _ in range(args.repeats)]
                 cells = [name, " + ".join(losses), dim]
                 for regime in ("cold", "warm"):
@@ -376,7 +435,7 @@ def main():
         print(text)
         flags.append(f"--baseline {args.baseline}")
     if args.parts:
-        parts = part_times(128, dict(ROWS)["O2CAP"], args.steps, CLOCKS[args.clock])
+        parts = part_times(128, dict(ROWS)["O2CAP"], args.steps, CLOCKS[args.clock], before)
         part_rows = [[part, f"{parts['cold'][part]:.2f}", f"{parts['warm'][part]:.2f}"] for part in parts["cold"]]
         text += ("\n\nThe parts of O2CAP's step at d = 128 (`--parts`), timed inside it, the median over "
                  f"{args.steps} steps (the parts' medians need not add up to the whole step's; the rest is "
@@ -384,7 +443,8 @@ def main():
                  + tabulate(part_rows, headers=["part", "cold (ms)", "warm (ms)"], tablefmt="github"))
         print(text)
         flags.append("--parts")
-    header = header.replace(f"--rows {rows}`", f"--rows {rows}{''.join(' ' + flag for flag in flags)}`")
+    header = header.replace(f"--predecessor {args.predecessor}`",
+                            f"--predecessor {args.predecessor}{''.join(' ' + flag for flag in flags)}`")
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "a" if args.append else "w") as f:
         f.write(("\n" if args.append else title) + header + text + "\n")
