@@ -328,16 +328,21 @@ def part_times(dim: int, losses, steps: int, clock, before=None):
             for regime, runs in times.items()}
 
 
+def median_ms(runs, regime: str, function: int) -> float:
+    """One timed function's time in a regime: the median over the steps of each repeat, then
+    the median over the repeats."""
+    return float(np.median([np.median(times[regime][function]) for times, _ in runs]))
+
+
 def ratio_cell(runs, regime: str, numerator: int = 1, denominator: int = 2) -> str:
-    """The ratio of two timed functions' medians over all repeats (by default "ours / floor"),
-    and the range of the repeats' own ratios when there are several (the spread between runs
-    on a shared machine)."""
-    medians = np.array([[np.median(times[regime][i]) for i in (numerator, denominator)] for times, _ in runs])
-    ratio = np.median(medians[:, 0]) / np.median(medians[:, 1])
+    """The ratio of two timed functions' :func:`median_ms` (by default "ours / floor"), and the
+    range of the repeats' own ratios when there are several (the spread between runs on a
+    shared machine)."""
+    ratio = median_ms(runs, regime, numerator) / median_ms(runs, regime, denominator)
     if len(runs) == 1:
         return f"{ratio:.2f}"
-    each = medians[:, 0] / medians[:, 1]
-    return f"{ratio:.2f} ({each.min():.2f}-{each.max():.2f})"
+    each = [np.median(times[regime][numerator]) / np.median(times[regime][denominator]) for times, _ in runs]
+    return f"{ratio:.2f} ({min(each):.2f}-{max(each):.2f})"
 
 
 def main():
@@ -350,8 +355,9 @@ def main():
                              "processes on a shared machine (meaningful with --threads 1)")
     parser.add_argument("--rows", nargs="+", choices=[name for name, _ in ROWS], default=[name for name, _ in ROWS])
     parser.add_argument("--predecessor", choices=("backbone", "none"), default="backbone",
-                        help="what runs before every cold call, ahead of the 64 MiB write: the CPU configs' "
-                             "backbone pass on 2 images (as a training step's pass precedes the head), or "
+                        help=f"what runs before every cold call, ahead of the {FLUSH_MIB} MiB write: the CPU "
+                             f"configs' backbone pass on {PREDECESSOR_IMAGES} images (as a training step's pass "
+                             "precedes the head), or "
                              "nothing (then a function's time depends on the one timed before it)")
     parser.add_argument("--dims", nargs="+", type=int, default=[2048, 1280, 128], help="feature dimensions d")
     parser.add_argument("--label", default="", help="a name for this run's section, e.g. the commit measured")
@@ -370,15 +376,13 @@ def main():
     backbone = backbone_step_ms(make_pass, args.steps, CLOCKS[args.clock])
     print(f"backbone step: {backbone:.1f} ms", flush=True)
     before = make_pass(PREDECESSOR_IMAGES) if args.predecessor == "backbone" else None
+    rows_run = [(name, losses) for name, losses in ROWS if name in args.rows]
     table = []
     for dim in args.dims:
-        for name, losses in ROWS:
-            if name not in args.rows:
-                continue
+        for name, losses in rows_run:
             runs = [benchmark(dim, losses, args.steps, CLOCKS[args.clock], before) for _ in range(args.repeats)]
             # regime -> (per-image, ours, floor): medians over steps, then over the repeats.
-            ms = {regime: [float(np.median([np.median(times[regime][i]) for times, _ in runs])) for i in range(3)]
-                  for regime in ("cold", "warm")}
+            ms = {regime: [median_ms(runs, regime, i) for i in range(3)] for regime in ("cold", "warm")}
             (naive, ours, floor), (_, ours_warm, floor_warm) = ms["cold"], ms["warm"]
             table.append([name, " + ".join(losses), dim, f"{naive:.1f}", f"{ours:.2f}", f"{floor:.2f}",
                           ratio_cell(runs, "cold"), f"{ours_warm:.2f}", f"{floor_warm:.2f}",
@@ -412,14 +416,12 @@ def main():
                                 text=True).stdout.strip() or "its commit unknown"
         rows_vs = []
         for dim in args.dims:
-            for name, losses in ROWS:
-                if name not in args.rows:
-                    continue
+            for name, losses in rows_run:
                 runs = [side_by_side(dim, losses, args.steps, CLOCKS[args.clock], baseline, before)
                         for _ in range(args.repeats)]
                 cells = [name, " + ".join(losses), dim]
                 for regime in ("cold", "warm"):
-                    base, ours = (float(np.median([np.median(times[regime][i]) for times, _ in runs])) for i in (0, 1))
+                    base, ours = median_ms(runs, regime, 0), median_ms(runs, regime, 1)
                     cells += [f"{base:.2f}", f"{ours:.2f}", ratio_cell(runs, regime, numerator=1, denominator=0)]
                 cells += list(runs[0][1])
                 rows_vs.append(cells)
